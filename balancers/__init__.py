@@ -1,0 +1,13 @@
+"""balancebench's registry of multi-task loss balancers.
+
+>>> from balancers import list_balancers, create_balancer
+>>> b = create_balancer("famo", n_tasks=3, gamma=1e-3, w_lr=0.025)
+"""
+
+from balancers.base import Balancer, LossClosure
+from balancers.registry import BalancerInfo, balancer_info, create_balancer, list_balancers, register
+
+# Importing the modules registers them, in the order `balancebench list` shows them.
+from balancers import uniform, fixed, si, rlw, uw, dwa, famo, marigold  # noqa: E402,F401  isort: skip
+
+__all__ = ["Balancer", "BalancerInfo", "LossClosure", "balancer_info", "create_balancer", "list_balancers", "register"]

@@ -1,0 +1,133 @@
+"""Virtual optimizer steps: what ``optimizer.step()`` would do to the parameters, done out of place.
+
+MARIGOLD's lower-level map ``A(lambda, theta)`` is one step of the model's *own* optimizer, from its
+*current* state (momentum buffers, Adam moments and step counts, current learning rates). The
+functions here apply that rule functionally: they read the optimizer's hyperparameters and state and
+return new tensors, never touching the real parameters, their ``.grad`` or the optimizer state.
+Every operation is out of place and differentiable, so the same rule also works inside
+``torch.func.grad``/``vmap`` (the tests use that to get the exact hypergradient).
+
+Supported: ``torch.optim.SGD`` (momentum, dampening, nesterov, weight_decay, maximize) and
+``torch.optim.Adam``/``AdamW`` (betas, eps, weight_decay, amsgrad, maximize). The rules mirror the
+single-tensor code paths of ``torch.optim`` (same operation order), so a virtual step matches a real
+one to rounding. Anything else raises ``TypeError``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+#: name -> (param_group, state) of every parameter the optimizer owns; ``state`` is empty before
+#: the parameter's first real step.
+Slots = dict[str, tuple[dict[str, Any], Mapping[str, Any]]]
+
+
+def _sgd(p: Tensor, g: Tensor, group: Mapping[str, Any], state: Mapping[str, Any]) -> Tensor:
+    lr, momentum, dampening = group["lr"], group["momentum"], group["dampening"]
+    weight_decay = group["weight_decay"]
+    if group.get("maximize", False):
+        g = -g
+    if weight_decay != 0:
+        g = torch.add(g, p, alpha=weight_decay)
+    if momentum != 0:
+        buf = state.get("momentum_buffer")
+        # First step: the buffer *is* the gradient (torch detaches its copy; the value is the same,
+        # and keeping the graph is what makes this rule differentiable in the weights).
+        buf = g if buf is None else torch.add(buf * momentum, g, alpha=1 - dampening)
+        g = torch.add(g, buf, alpha=momentum) if group["nesterov"] else buf
+    return p - lr * g if isinstance(lr, Tensor) else torch.add(p, g, alpha=-lr)
+
+
+def _adam(p: Tensor, g: Tensor, group: Mapping[str, Any], state: Mapping[str, Any], decoupled: bool) -> Tensor:
+    lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
+    beta1, beta2 = group["betas"]
+    if torch.is_complex(p):
+        raise TypeError("virtual_step: complex parameters are not supported")
+    if group.get("maximize", False):
+        g = -g
+    step = state.get("step")
+    # Bias corrections in float64 like torch's Python-float path, but as (0-d) tensors when the
+    # step count is a tensor, so no device->host sync is needed.
+    step = (step.to(torch.float64) if isinstance(step, Tensor) else float(step or 0)) + 1
+    if weight_decay != 0:
+        if decoupled:
+            p = p * (1 - lr * weight_decay)
+        else:
+            g = torch.add(g, p, alpha=weight_decay)
+    exp_avg = state.get("exp_avg")
+    exp_avg_sq = state.get("exp_avg_sq")
+    exp_avg = torch.zeros_like(p) if exp_avg is None else exp_avg
+    exp_avg_sq = torch.zeros_like(p) if exp_avg_sq is None else exp_avg_sq
+    exp_avg = torch.lerp(exp_avg, g, 1 - beta1)
+    exp_avg_sq = torch.addcmul(exp_avg_sq * beta2, g, g, value=1 - beta2)
+    bias_correction1 = 1 - beta1**step
+    bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+    step_size = lr / bias_correction1
+    if group.get("amsgrad", False):
+        max_sq = state.get("max_exp_avg_sq")
+        exp_avg_sq = exp_avg_sq if max_sq is None else torch.maximum(max_sq, exp_avg_sq)
+    denom = exp_avg_sq.sqrt() / bias_correction2_sqrt + eps
+    if isinstance(step_size, Tensor):
+        return p + (-step_size) * exp_avg / denom
+    return torch.addcdiv(p, exp_avg, denom, value=-step_size)
+
+
+def _rule(optimizer: torch.optim.Optimizer):
+    kind = type(optimizer)
+    if kind is torch.optim.SGD:
+        return lambda p, g, group, state: _sgd(p, g, group, state)
+    if kind in (torch.optim.Adam, torch.optim.AdamW):
+        default = kind is torch.optim.AdamW
+        return lambda p, g, group, state: _adam(
+            p, g, group, state, bool(group.get("decoupled_weight_decay", default)))
+    raise TypeError(
+        f"virtual_step supports torch.optim.SGD, Adam and AdamW (exact types), got {kind.__name__}; "
+        "MARIGOLD needs the model optimizer's update rule to simulate one step out of place"
+    )
+
+
+def check_supported(optimizer: torch.optim.Optimizer) -> None:
+    """Raise ``TypeError`` unless :func:`virtual_step` can simulate ``optimizer``."""
+    _rule(optimizer)
+
+
+def param_slots(optimizer: torch.optim.Optimizer, named_params: Mapping[str, Tensor]) -> Slots:
+    """Map each parameter name to its optimizer group and state (by identity; read-only).
+
+    ``optimizer.state`` is a defaultdict: it is read with ``.get`` so no entry is ever created.
+    Names the optimizer does not own are left out.
+    """
+    group_of = {id(p): group for group in optimizer.param_groups for p in group["params"]}
+    slots: Slots = {}
+    for name, p in named_params.items():
+        group = group_of.get(id(p))
+        if group is not None:
+            slots[name] = (group, optimizer.state.get(p, {}))
+    return slots
+
+
+def virtual_step(
+    optimizer: torch.optim.Optimizer,
+    params: Mapping[str, Tensor],
+    grads: Mapping[str, Tensor | None],
+    slots: Slots | None = None,
+) -> dict[str, Tensor]:
+    """The parameters one ``optimizer.step()`` would produce from ``params`` with ``grads``.
+
+    Returns a new name -> tensor dict with every name of ``params``; a name without a gradient (or
+    not owned by the optimizer) keeps its tensor, as a real step would skip it. ``slots`` (from
+    :func:`param_slots` on the real parameters) is needed when ``params`` are not the optimizer's
+    own tensors, e.g. inside ``torch.func`` transforms; by default it is looked up by identity.
+    """
+    rule = _rule(optimizer)
+    if slots is None:
+        slots = param_slots(optimizer, params)
+    out: dict[str, Tensor] = {}
+    for name, p in params.items():
+        g, slot = grads.get(name), slots.get(name)
+        out[name] = p if g is None or slot is None else rule(p, g, slot[0], slot[1])
+    return out

@@ -1,0 +1,136 @@
+"""FAMO: Fast Adaptive Multitask Optimization (Liu et al., NeurIPS 2023)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from balancers.base import Balancer, LossClosure
+from balancers.registry import register
+
+_EPS = 1e-8
+_UPDATES = ("same_batch", "lagged")
+
+
+@register(
+    "famo",
+    description="FAMO: softmax task logits moved by the change in log losses (O(1) per step)",
+    paper="Liu et al. 2023, FAMO: Fast Adaptive Multitask Optimization, Alg. 1 / App. C Alg. 2",
+    needs_closure=True,
+    stateful=True,
+)
+class FAMO(Balancer):
+    """FAMO, exactly Algorithm 1 and its pseudocode (Appendix C, Algorithm 2).
+
+    With logits ``ξ`` (start at 0), ``z = softmax(ξ)`` and ``D_i = ℓ_i − ℓ*_i + ε`` (``ε = 1e-8``,
+    ``ℓ*`` = ``min_losses``, default 0)::
+
+        loss = Σ_i z_i log D_i / c,   c = Σ_i z_i / D_i  (detached)
+        ⇒ weights w_i = d loss / d ℓ_i = (z_i / D_i) / c,  Σ_i w_i = 1
+
+    After the model step, with ``δ_i = log D_i(θ_t) − log D_i(θ_{t+1})``, the logits take one Adam
+    step (``lr = w_lr``, ``weight_decay = gamma``: coupled L2, as ``torch.optim.Adam`` applies it in the
+    pseudocode) on the gradient ``J_softmax(ξ)ᵀ δ``.
+
+    ``update="same_batch"`` (the paper's): ``ℓ(θ_{t+1})`` is measured on the *same* batch by
+    ``step(closure)`` — one extra forward without autograd per step (metadata ``needs_closure``).
+    ``update="lagged"``: ``ℓ(θ_{t+1})`` is the next call's losses (the next batch), so the logit update
+    happens at the start of the next call and there is no extra forward; ``step`` does nothing.
+
+    Losses below ``min_losses`` make ``log D`` undefined: FAMO then raises ValueError (when
+    ``check_values`` is on; the trainer reports the resulting non-finite loss otherwise).
+    """
+
+    def __init__(
+        self,
+        n_tasks: int,
+        gamma: float = 1e-3,
+        w_lr: float = 0.025,
+        min_losses: float | Sequence[float] = 0.0,
+        update: str = "same_batch",
+    ) -> None:
+        super().__init__(n_tasks)
+        if not gamma >= 0:
+            raise ValueError(f"famo: gamma must be >= 0, got {gamma=}")
+        if not w_lr > 0:
+            raise ValueError(f"famo: w_lr must be > 0, got {w_lr=}")
+        if update not in _UPDATES:
+            raise ValueError(f"famo: update must be one of {_UPDATES}, got {update=}")
+        mins = torch.as_tensor(min_losses, dtype=torch.get_default_dtype()).flatten()
+        if mins.numel() == 1:
+            mins = mins.expand(n_tasks).clone()
+        if mins.numel() != n_tasks or not torch.isfinite(mins).all():
+            raise ValueError(f"famo: min_losses must be a finite number or {n_tasks} numbers, got {min_losses=}")
+        self.gamma, self.w_lr, self.update = float(gamma), float(w_lr), update
+        self._min_losses_arg = min_losses
+        self.register_buffer("min_losses", mins)
+        self.logits = torch.nn.Parameter(torch.zeros(n_tasks))
+        self.register_buffer("_prev_losses", torch.zeros(n_tasks))
+        self._has_prev = False  # a Python flag: reading a device flag would sync every step
+        self._opt = self._new_optimizer()
+
+    def _new_optimizer(self) -> torch.optim.Adam:
+        return torch.optim.Adam([self.logits], lr=self.w_lr, weight_decay=self.gamma)
+
+    # --------------------------------------------------------------------------------- method
+    def combine(self, losses: Tensor, closure: LossClosure | None) -> Tensor:
+        if self.update == "lagged" and self._has_prev:
+            self._update_logits(self._prev_losses, losses.detach())
+        shifted = self._shifted(losses)
+        z = torch.softmax(self.logits.detach(), dim=-1).to(losses.dtype)
+        c = (z / shifted.detach()).sum()
+        self._record((z / shifted.detach()) / c)
+        self._prev_losses.copy_(losses.detach())
+        self._has_prev = True
+        return (shifted.log() * z).sum() / c
+
+    def step(self, closure: LossClosure | None = None) -> None:
+        if self.update != "same_batch":
+            return
+        if closure is None:
+            raise ValueError("famo: update='same_batch' needs step(closure) with the new losses on the same batch")
+        with torch.no_grad():
+            new_losses = closure()
+        self._update_logits(self._prev_losses, new_losses.detach())
+
+    def _shifted(self, losses: Tensor) -> Tensor:
+        mins = self.min_losses.to(losses.dtype)
+        if self.check_values and bool((losses.detach() < mins).any()):
+            raise ValueError(
+                f"famo: losses {losses.detach().tolist()} fall below min_losses {mins.tolist()}; FAMO takes "
+                "log(loss - min_loss), so set min_losses to a lower bound of each task loss"
+            )
+        return losses - mins + _EPS
+
+    def _update_logits(self, prev: Tensor, new: Tensor) -> None:
+        delta = self._shifted(prev).log() - self._shifted(new).log()
+        with torch.enable_grad():
+            z = torch.softmax(self.logits, dim=-1)
+            (grad,) = torch.autograd.grad(z, self.logits, grad_outputs=delta.to(z.dtype))
+        self._opt.zero_grad(set_to_none=True)
+        self.logits.grad = grad
+        self._opt.step()
+        self.logits.grad = None
+
+    # ------------------------------------------------------------------------------ lifecycle
+    def reset(self) -> None:
+        super().reset()
+        with torch.no_grad():
+            self.logits.zero_()
+        self._prev_losses.zero_()
+        self._has_prev = False
+        self._opt = self._new_optimizer()
+
+    def hparams(self) -> dict[str, Any]:
+        return {"gamma": self.gamma, "w_lr": self.w_lr, "min_losses": self._min_losses_arg, "update": self.update}
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {"extra.optimizer": self._opt.state_dict(), "extra.has_prev": self._has_prev}
+
+    def _load_extra_state(self, extra: dict[str, Any]) -> None:
+        if "extra.optimizer" in extra:
+            self._opt.load_state_dict(extra["extra.optimizer"])
+        self._has_prev = bool(extra.get("extra.has_prev", self._has_prev))

@@ -1,0 +1,222 @@
+"""MARIGOLD: multi-task gradient balancing via zeroth-order bi-level differentiation."""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from balancers._functional_optim import check_supported, param_slots, virtual_step
+from balancers.base import Balancer, LossClosure
+from balancers.registry import register
+
+_VARIANTS = ("faithful", "fused")
+_ESTIMATORS = ("single_point", "two_point")
+
+
+@register(
+    "marigold",
+    description="MARIGOLD: zeroth-order bilevel gradient balancing (one hypergradient per step)",
+    paper="Feed m Birds with One Scone (MARIGOLD), Alg. 1-2, App. C",
+    needs_closure=True,
+    needs_model=True,
+    stochastic=True,
+    stateful=True,
+)
+class Marigold(Balancer):
+    r"""MARIGOLD (Feed m Birds with One Scone, Alg. 1 "Hypergrad", Alg. 2, App. C).
+
+    Task weights solve, at every step k, the surrogate min-max problem (9) of the paper
+    ``min_lambda max_rho Phi_k = sum_i rho_i (f_i(A(lambda, theta^k)) - f_i(theta^k))`` where
+    ``A(lambda, theta)`` is ONE step of the model's own optimizer on ``sum_i lambda_i f_i``.
+    Parameterisation (App. C): ``lambda = softmax(beta u / f)``, ``rho = softmax(beta v / f)``,
+    u, v in R^m start at 0, f = the current batch's task losses (detached; must be > 0).
+    One step, with ``d ~ Unif(S^{m-1})`` (a normalised Gaussian from the balancer's own generator)::
+
+        f_pert  = f(A(lambda^k + r d, theta^k))                    (same batch, via the closure)
+        g_lam   = (m / r) * rho^k . f_pert * d                     single_point (Alg. 1)
+        g_lam   = (m / r) * rho^k . (f_pert - f(A(lambda^k, theta^k))) * d       two_point
+        g_rho   = f_pert - f(theta^k)
+        u <- Adam descent on (d lambda/d u)^T g_lam,  v <- Adam ascent on (d rho/d v)^T g_rho
+        (one torch Adam over [u, v], lr = w_lr; ascent = negated v gradient)
+        real step: theta^{k+1} = A(softmax(beta u^{k+1} / f), theta^k)       (Alg. 2, line 5)
+
+    Choices where the paper is silent, and why:
+    * The perturbation is added to lambda itself (post-softmax): Alg. 1 literally evaluates
+      ``A(lambda + r u)`` with the factor m/r, i.e. Lemma 3.1 with d = m on the sphere of R^m.
+      ``lambda + r d`` may leave the simplex slightly; A is defined for any weight vector. The
+      estimate of grad_lambda Phi is then pulled back to u by the chain rule through the softmax.
+    * f in the temperature is the current batch's detached losses (App. C writes f without an
+      index; the batch value is the only one available without extra passes), and g_rho uses
+      f(theta^k) of the same batch, so both terms of (11) see the same data B, as in Alg. 1.
+    * A uses the optimizer's *current* state and learning rate (exp_avg, exp_avg_sq, step,
+      momentum_buffer), computed out of place (``balancers._functional_optim.virtual_step``).
+    * two_point subtracts the unperturbed value: same expectation (E[d] = 0), far lower variance.
+
+    Variants and model passes per training step (fwd/bwd = full forward/backward of the model;
+    the trainer's own forward and backward included; the m-dimensional softmax pull-back and Adam
+    on u, v are negligible and not counted):
+    * ``faithful`` (Alg. 2, default): ``combine`` backprops ``sum (lambda^k + r d)_i f_i`` with
+      ``autograd.grad(retain_graph=True)``, does the virtual step, evaluates the closure at the
+      virtual parameters (no grad), updates u, v, and returns ``sum lambda^{k+1}_i f_i``.
+      single_point: 2 fwd + 2 bwd.  two_point: 3 fwd + 3 bwd.
+    * ``fused``: the real step IS the perturbed step (saves the virtual backward): ``combine``
+      returns ``sum (lambda^k + r d)_i f_i``; ``step(closure)``, after ``optimizer.step()``, reads
+      f(theta^{k+1}) = f(A(lambda^k + r d, theta^k)) with one no-grad forward and updates u, v.
+      two_point does the unperturbed virtual step inside ``combine``, before the real step.
+      single_point: 2 fwd + 1 bwd.  two_point: 3 fwd + 2 bwd.
+    ``weights`` is d loss / d f_i: lambda^{k+1} (faithful, on the simplex) or lambda^k + r d (fused,
+    possibly slightly off it: ``nonnegative_weights`` and ``weights_sum_to_one`` are False).
+
+    Trainer contract: ``attach(model, optimizer)`` first (SGD, Adam or AdamW); a closure
+    ``closure(params=None) -> losses_K`` on the same batch, no autograd, no BN-statistics update,
+    no new dropout masks; ``step(closure)`` after every ``optimizer.step()``. fused assumes the
+    optimizer step uses exactly the gradients of the returned loss (no clipping or AMP skips).
+    Positivity of the losses is checked (one host sync) only while ``check_values`` is on;
+    otherwise a non-positive loss turns the weights into NaN rather than silently clamping.
+    """
+
+    def __init__(self, n_tasks: int, beta: float = 1.0, r: float = 1e-3, w_lr: float = 1e-4,
+                 variant: str = "faithful", estimator: str = "single_point", seed: int = 0) -> None:
+        super().__init__(n_tasks)
+        for name, x in (("beta", beta), ("r", r), ("w_lr", w_lr)):
+            if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or x <= 0:
+                raise ValueError(f"MARIGOLD {name} must be a finite number > 0, got {name}={x!r}")
+        if variant not in _VARIANTS:
+            raise ValueError(f"MARIGOLD variant must be one of {_VARIANTS}, got {variant=}")
+        if estimator not in _ESTIMATORS:
+            raise ValueError(f"MARIGOLD estimator must be one of {_ESTIMATORS}, got {estimator=}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"MARIGOLD seed must be an integer >= 0, got {seed=}")
+        self.beta, self.r, self.w_lr = float(beta), float(r), float(w_lr)
+        self.variant, self.estimator, self.seed = variant, estimator, seed
+        self.nonnegative_weights = self.weights_sum_to_one = variant == "faithful"
+        self.register_buffer("u", torch.zeros(n_tasks))
+        self.register_buffer("v", torch.zeros(n_tasks))
+        self._gen = torch.Generator(device="cpu")
+        self._target: tuple[torch.nn.Module, torch.optim.Optimizer] | None = None  # not a submodule
+        self.reset()
+
+    def hparams(self) -> dict[str, Any]:
+        return {"beta": self.beta, "r": self.r, "w_lr": self.w_lr, "variant": self.variant,
+                "estimator": self.estimator, "seed": self.seed}
+
+    def attach(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        check_supported(optimizer)
+        self._target = (model, optimizer)
+
+    def reset(self) -> None:
+        super().reset()
+        self.u.zero_()
+        self.v.zero_()
+        self._adam = torch.optim.Adam([self.u, self.v], lr=self.w_lr)
+        self._gen.manual_seed(self.seed)
+        self._pending: tuple[Tensor, Tensor, Tensor | None] | None = None
+
+    # ------------------------------------------------------------------------------ the method
+    def combine(self, losses: Tensor, closure: LossClosure | None) -> Tensor:
+        f = self._temperature(losses)
+        lam, _ = self._simplex(self.u, self.v, f)
+        direction = self._direction(f)
+        perturbed = lam + self.r * direction
+        base = self._virtual_losses(losses, lam, closure) if self.estimator == "two_point" else None
+        if self.variant == "fused":
+            self._pending = (f, direction, base)
+            self._record(perturbed)
+            return (perturbed.to(losses.dtype) * losses).sum()
+        self._update(f, self._virtual_losses(losses, perturbed, closure), base, direction)
+        lam, _ = self._simplex(self.u, self.v, f)
+        self._record(lam)
+        return (lam.to(losses.dtype) * losses).sum()
+
+    def step(self, closure: LossClosure | None = None) -> None:
+        if self.variant != "fused":
+            return
+        if self._pending is None:
+            raise RuntimeError(f"{self}: step() must follow a combine() call (fused variant)")
+        if closure is None:
+            raise ValueError(f"{self}: the fused variant needs the loss closure in step()")
+        f, direction, base = self._pending
+        self._pending = None
+        with torch.no_grad():
+            perturbed_losses = closure().detach().to(f.dtype)
+        self._update(f, perturbed_losses, base, direction)
+
+    @staticmethod
+    def zo_hypergradient(rho: Tensor, perturbed: Tensor, base: Tensor | None, direction: Tensor, r: float) -> Tensor:
+        """Alg. 1's estimate of grad_lambda Phi_k: ``(m/r) rho.(f(A(lam + r d)) [- f(A(lam))]) d``.
+
+        Broadcasts over leading dimensions of ``perturbed``/``base``/``direction`` (tests use it).
+        """
+        phi = (rho * perturbed).sum(-1, keepdim=True)
+        if base is not None:
+            phi = phi - (rho * base).sum(-1, keepdim=True)
+        return (direction.shape[-1] / r) * phi * direction
+
+    # ------------------------------------------------------------------------------ internals
+    def _temperature(self, losses: Tensor) -> Tensor:
+        f = losses.detach().to(self.u.dtype)
+        if self.check_values:
+            if not bool((f > 0).all()):
+                raise ValueError(
+                    f"{self}: MARIGOLD's softmax temperature divides by the task losses "
+                    f"(lambda = softmax(beta u / f), App. C), so every loss must be > 0; got {f.tolist()}")
+            return f
+        return torch.where(f > 0, f, torch.full_like(f, float("nan")))
+
+    def _simplex(self, u: Tensor, v: Tensor, f: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.softmax(self.beta * u / f, 0), torch.softmax(self.beta * v / f, 0)
+
+    def _direction(self, like: Tensor) -> Tensor:
+        z = torch.randn(self.n_tasks, generator=self._gen, dtype=torch.float64)
+        return (z / z.norm()).to(device=like.device, dtype=like.dtype)
+
+    def _virtual_losses(self, losses: Tensor, weights: Tensor, closure: LossClosure | None) -> Tensor:
+        """f(A(weights, theta)) on the same batch: 1 backward (graph kept) + 1 no-grad forward."""
+        if self._target is None:
+            raise RuntimeError(f"{self}: call attach(model, optimizer) before training")
+        if closure is None:
+            raise ValueError(f"{self}: MARIGOLD needs the same-batch loss closure")
+        if not losses.requires_grad:
+            raise RuntimeError(f"{self}: losses must carry the model's autograd graph")
+        model, optimizer = self._target
+        named = dict(model.named_parameters())
+        slots = param_slots(optimizer, named)
+        names = [n for n in slots if named[n].requires_grad]
+        if not names:
+            raise RuntimeError(f"{self}: the optimizer owns no trainable parameter of the model")
+        weighted = (weights.to(losses.dtype) * losses).sum()
+        grads = torch.autograd.grad(weighted, [named[n] for n in names], retain_graph=True, allow_unused=True)
+        with torch.no_grad():
+            virtual = virtual_step(optimizer, named, dict(zip(names, grads)), slots)
+            return closure(virtual).detach().to(weights.dtype)
+
+    def _update(self, f: Tensor, perturbed: Tensor, base: Tensor | None, direction: Tensor) -> None:
+        """Pull g_lambda, g_rho back through the softmaxes; Adam descent on u, ascent on v."""
+        u, v = self.u.detach().requires_grad_(), self.v.detach().requires_grad_()
+        with torch.enable_grad():
+            lam, rho = self._simplex(u, v, f)
+        g_lam = self.zo_hypergradient(rho.detach(), perturbed, base, direction, self.r)
+        g_rho = perturbed - f
+        grad_u, grad_v = torch.autograd.grad((lam, rho), (u, v), (g_lam, g_rho))
+        if self._adam.param_groups[0]["params"][0] is not self.u:  # buffers replaced by .to()
+            state = self._adam.state_dict()
+            self._adam = torch.optim.Adam([self.u, self.v], lr=self.w_lr)
+            self._adam.load_state_dict(state)
+        self.u.grad, self.v.grad = grad_u, -grad_v
+        self._adam.step()
+        self.u.grad = self.v.grad = None
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {"extra.adam": copy.deepcopy(self._adam.state_dict()), "extra.generator": self._gen.get_state()}
+
+    def _load_extra_state(self, extra: dict[str, Any]) -> None:
+        missing = {"extra.adam", "extra.generator"} - set(extra)
+        if missing:
+            raise ValueError(f"{self}: state_dict lacks {sorted(missing)}")
+        self._adam.load_state_dict(copy.deepcopy(extra["extra.adam"]))
+        self._gen.set_state(extra["extra.generator"])
+        self._pending = None
