@@ -88,6 +88,13 @@ class Balancer(torch.nn.Module):
         """The constructor keyword arguments (besides ``n_tasks``) that rebuild this balancer."""
         return {}
 
+    @property
+    def uses_closure(self) -> bool:
+        """Whether this instance calls the closure (registry ``needs_closure`` narrowed by its
+        configuration, e.g. FAMO ``lagged`` does not); a trainer skips building it otherwise."""
+        info = getattr(type(self), "registry_info", None)
+        return bool(info.needs_closure) if info is not None else False
+
     # ------------------------------------------------------------------------------ internals
     def _validate(self, losses: Tensor) -> None:
         if not isinstance(losses, Tensor):

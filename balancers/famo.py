@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -75,6 +76,10 @@ class FAMO(Balancer):
     def _new_optimizer(self) -> torch.optim.Adam:
         return torch.optim.Adam([self.logits], lr=self.w_lr, weight_decay=self.gamma)
 
+    @property
+    def uses_closure(self) -> bool:
+        return self.update == "same_batch"
+
     # --------------------------------------------------------------------------------- method
     def combine(self, losses: Tensor, closure: LossClosure | None) -> Tensor:
         if self.update == "lagged" and self._has_prev:
@@ -132,5 +137,7 @@ class FAMO(Balancer):
 
     def _load_extra_state(self, extra: dict[str, Any]) -> None:
         if "extra.optimizer" in extra:
-            self._opt.load_state_dict(extra["extra.optimizer"])
+            # torch's Optimizer.load_state_dict keeps the given state tensors (no copy): without the
+            # deepcopy, a balancer loaded from a live one's state_dict would share its Adam moments
+            self._opt.load_state_dict(copy.deepcopy(extra["extra.optimizer"]))
         self._has_prev = bool(extra.get("extra.has_prev", self._has_prev))

@@ -57,11 +57,13 @@ def register(
     def decorate(cls: B) -> B:
         if name in _REGISTRY:
             raise ValueError(f"balancer name {name!r} is already registered by {_REGISTRY[name].cls}")
-        cls.registry_name = name  # type: ignore[attr-defined]
-        _REGISTRY[name] = BalancerInfo(
+        info = BalancerInfo(
             name, cls, description, paper, needs_closure, needs_model, needs_task_grads,
             has_parameters, needs_epoch_end, stochastic, stateful,
         )
+        cls.registry_name = name  # type: ignore[attr-defined]
+        cls.registry_info = info  # type: ignore[attr-defined]
+        _REGISTRY[name] = info
         return cls
 
     return decorate

@@ -19,6 +19,8 @@ import yaml
 from experiments.errors import ConfigError
 
 SCALES = ("tiny", "small", "full")
+#: the YAML configs shipped with the repository (the README installs it editable)
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 @dataclass(frozen=True)
@@ -75,11 +77,17 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     #: ``build_model`` options of the benchmark (e.g. ``dropout``)
     model: dict[str, Any] = field(default_factory=dict)
+    #: per-balancer hyperparameter defaults on this benchmark, under ``balancer.hparams``
+    #: (e.g. ``{famo: {gamma: 0.0}}`` on the toy, as the FAMO reference code runs it)
+    method_defaults: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     scale: str | None = None
     #: Δm% reference: auto (literature STL at full scale, else the untrained model), literature,
     #: initial, or the path of an STL reference file/directory written by ``balancebench stl``
     reference: str = "auto"
+    #: restrict the validation objective (model selection, early stopping) to these task names
+    #: (None: all tasks); single-task reference runs select on their own task
+    objective_tasks: list[str] | None = None
     #: parent directory of run directories
     out: str = "runs"
     #: a free-form name used in the run directory
@@ -129,6 +137,11 @@ def _coerce(value: Any, hint: Any, path: str) -> Any:
         if not isinstance(value, (int, float)) or (hint is int and not isinstance(value, int)):
             raise ConfigError(f"{path}: expected {hint.__name__}, got {value!r}")
         return hint(value)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        (item,) = typing.get_args(hint) or (Any,)
+        return [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"{path}: expected a string, got {value!r}")

@@ -87,8 +87,11 @@ def build_scheduler(cfg: RunConfig, optimizer: torch.optim.Optimizer) -> Any:
 def build_balancer(cfg: RunConfig, bench: Benchmark) -> Balancer:
     """The configured balancer; benchmarks' loss lower bounds go to a ``min_losses`` hyperparameter
     when the balancer has one and the config does not set it."""
-    info = balancer_info(cfg.balancer.name)
-    hparams = dict(cfg.balancer.hparams)
+    try:
+        info = balancer_info(cfg.balancer.name)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    hparams = {**(cfg.method_defaults.get(cfg.balancer.name) or {}), **cfg.balancer.hparams}
     bounds = getattr(bench, "loss_lower_bounds", None)
     if bounds is not None and "min_losses" in inspect.signature(info.cls.__init__).parameters:
         hparams.setdefault("min_losses", list(bounds))
@@ -151,7 +154,7 @@ class Trainer:
         self.model = self.bench.build_model(**cfg.model).to(self.device)
         self.balancer = build_balancer(cfg, self.bench).to(self.device)
         self.balancer.check_values = False  # the trainer checks losses lazily (see _check_window)
-        self.info = balancer_info(cfg.balancer.name)
+        self.info = balancer_info(cfg.balancer.name)  # known: build_balancer checked it
         params = list(self.model.parameters())
         self.optimizer = build_optimizer(cfg, params)
         learnables = [p for _, p in self.balancer.named_learnables()]
@@ -159,6 +162,7 @@ class Trainer:
             self.optimizer.add_param_group({"params": learnables, "weight_decay": 0.0})
         if self.info.needs_model:
             self.balancer.attach(self.model, self.optimizer)
+        self.uses_closure = self.balancer.uses_closure
         self.scheduler = build_scheduler(cfg, self.optimizer)
         self.closures = LossClosureFactory(self.model, self.bench, self.device, self.autocast)
         self.log = RunLog(self.bench, self.device)
@@ -170,7 +174,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------- steps
     def train_step(self, batch: Any) -> None:
-        rng = self.closures.capture() if self.info.needs_closure else None
+        rng = self.closures.capture() if self.uses_closure else None
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             outputs = self.model(self.bench.inputs(batch))
             losses = self.bench.losses(outputs, batch).float()
@@ -220,8 +224,19 @@ class Trainer:
             row.update({f"test_{k}": v for k, v in test.items()})
         if self.reference is None:
             self.reference, self.reference_kind = self._reference(val)
-        row["val_objective"] = delta_m(val, self.bench.metrics, self.reference)
+        row["val_objective"] = delta_m(val, self.objective_metrics, self.reference)
         return row
+
+    @property
+    def objective_metrics(self) -> list:
+        wanted = self.cfg.objective_tasks
+        if wanted is None:
+            return self.bench.metrics
+        unknown = sorted(set(wanted) - set(self.bench.task_names))
+        if unknown:
+            raise ConfigError(f"objective_tasks: unknown task(s) {unknown}; valid: {self.bench.task_names}")
+        index = {self.bench.task_names.index(t) for t in wanted}
+        return [m for m in self.bench.metrics if m.task in index]
 
     def _reference(self, initial_val: dict[str, float]) -> tuple[dict[str, float], str]:
         """Δm% reference: literature STL values at full scale, measured STL metrics when a file is
@@ -336,11 +351,24 @@ def _load_reference(path: str, bench: Benchmark) -> dict[str, float]:
     if not file.is_file():
         raise ConfigError(f"reference: no STL reference file at {path}")
     data = json.loads(file.read_text())
-    metrics = data.get("metrics", data)
+    # validation objective: compare validation with validation when the file has both
+    metrics = data.get("val_metrics") or data.get("metrics", data)
     missing = [m.name for m in bench.metrics if m.name not in metrics]
     if missing:
         raise ConfigError(f"reference {path} lacks metrics {missing}")
     return {m.name: float(metrics[m.name]) for m in bench.metrics}
+
+
+def load_run_dir_config(run_dir: Path) -> RunConfig:
+    """The resolved config a run directory was trained with (for resuming it)."""
+    from experiments.config import load_yaml, run_config_from_dict
+
+    path = Path(run_dir) / rundir.CONFIG
+    if not path.is_file():
+        raise UserError(f"not a run directory (no {rundir.CONFIG}): {run_dir}")
+    data = load_yaml(path)
+    data.pop("resolved", None)
+    return run_config_from_dict(data)
 
 
 def default_run_dir(cfg: RunConfig) -> Path:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -115,7 +115,7 @@ class Problem:
     y: Tensor
     scales: Tensor
     epoch_every: int = 2
-    steps_done: int = field(default=0)
+    steps_done: int = 0
 
     @property
     def info(self) -> BalancerInfo:
@@ -172,23 +172,18 @@ class Problem:
         return weights, outputs
 
     def snapshot(self) -> dict[str, Any]:
-        """Deep copies of the model's, optimizer's and balancer's states (plus the step counter)."""
+        """Deep copies of the model's and optimizer's states and the step counter (not the balancer's)."""
         return {
-            "model": _clone(self.model.state_dict()),
-            "optimizer": _clone(self.optimizer.state_dict()),
-            "balancer": _clone(self.balancer.state_dict()),
+            "model": copy.deepcopy(self.model.state_dict()),
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
             "steps_done": self.steps_done,
         }
 
     def restore_model(self, snap: dict[str, Any]) -> None:
         """Put model and optimizer (not the balancer) back to ``snap``, in place."""
         self.model.load_state_dict(snap["model"])
-        self.optimizer.load_state_dict(_clone(snap["optimizer"]))
+        self.optimizer.load_state_dict(copy.deepcopy(snap["optimizer"]))  # torch would alias its tensors
         self.steps_done = snap["steps_done"]
-
-
-def _clone(obj: Any) -> Any:
-    return copy.deepcopy(obj)
 
 
 def make_problem(

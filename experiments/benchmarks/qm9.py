@@ -119,11 +119,15 @@ _CSV_PARTS = ("qm9_part1.csv", "qm9_part2.csv", "qm9_part3.csv")
 
 
 # ====================================================================== locating the raw data
+class QM9PackMissingError(ModuleNotFoundError, ValueError):
+    """``qm9pack`` (the raw QM9 data) is not installed; an ImportError and a ValueError (one line)."""
+
+
 def qm9pack_data_dir() -> Path:
     """The ``data`` folder of the installed ``qm9pack`` package (without importing the package)."""
     spec = importlib.util.find_spec(_QM9PACK)
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(f"the QM9 benchmark needs the {_QM9PACK} data package: pip install {_QM9PACK}")
+        raise QM9PackMissingError(f"the QM9 benchmark needs the {_QM9PACK} data package: pip install {_QM9PACK}")
     data_dir = Path(next(iter(spec.submodule_search_locations))) / "data"
     missing = [p for p in _CSV_PARTS if not (data_dir / p).is_file()]
     if missing:
@@ -300,7 +304,6 @@ def build_store(data_dir: Path | None = None, max_molecules: int | None = None, 
     x[:, 7] = hyb == 1
     x[:, 8] = hyb == 2
     x[:, 9] = hyb == 3
-    bond_ptr = np.concatenate([[0], np.cumsum(n_bonds)])
     mol_of_bond = np.repeat(np.arange(n_mol), n_bonds)
     a = atom_ptr[mol_of_bond] + bond_atoms[:, 0]
     b = atom_ptr[mol_of_bond] + bond_atoms[:, 1]
@@ -515,7 +518,7 @@ class QM9Benchmark(Benchmark):
     def __init__(self, variant: str | None = None, *, subset: int | None = None, split_seed: int = 0, **options: Any) -> None:
         super().__init__(variant)
         if options:
-            raise ValueError(f"unknown option(s) for benchmark 'qm9': {', '.join(sorted(options))}; valid: subset, split_seed")
+            raise TypeError(f"unknown option(s) for benchmark 'qm9': {', '.join(sorted(options))}; valid: subset, split_seed")
         n_train_full = N_MOLECULES - N_TEST - N_VAL
         if subset is not None and not (1 <= int(subset) <= n_train_full):
             raise ValueError(f"qm9 subset must be between 1 and {n_train_full} training molecules, got {subset}")
@@ -526,6 +529,8 @@ class QM9Benchmark(Benchmark):
         self._mean: Tensor | None = None
         self._std: Tensor | None = None
         self._scale = torch.tensor([REPORT_SCALE[t] for t in TASKS], dtype=torch.float32)
+        if not cache_path().is_file():
+            qm9pack_data_dir()  # fail early (one line, with the install hint) when the raw data is missing
 
     # ------------------------------------------------------------------ description
     @property
@@ -595,7 +600,7 @@ class QM9Benchmark(Benchmark):
     # ------------------------------------------------------------------ model
     def build_model(self, dim: int = 64, **model_options: Any) -> MultiTaskModel:
         if model_options:
-            raise ValueError(f"unknown model option(s) for benchmark 'qm9': {', '.join(sorted(model_options))}; valid: dim")
+            raise TypeError(f"unknown model option(s) for benchmark 'qm9': {', '.join(sorted(model_options))}; valid: dim")
         trunk = MPNNTrunk(dim)
         heads = [nn.Sequential(nn.Linear(2 * dim, dim), nn.ReLU(), nn.Linear(dim, 1)) for _ in TASKS]
         return MultiTaskModel(trunk, heads)

@@ -123,6 +123,19 @@ def test_state_dict_round_trip_resumes_exactly(config: BalancerConfig) -> None:
 
 
 @parametrize_configs()
+def test_state_dict_loaded_in_memory_shares_nothing(config: BalancerConfig) -> None:
+    """Loading another live balancer's state_dict copies it: the two then run independently."""
+    p = make_problem(config)
+    p.run(5)
+    q = make_problem(config)
+    q.restore_model(p.snapshot())  # model and optimizer copied; the balancer's state is not:
+    q.balancer.load_state_dict(p.balancer.state_dict())
+    weights, _ = p.run(5)
+    clone_weights, _ = q.run(5)
+    assert_same_trajectory(weights, clone_weights, f"{config} loaded from a live balancer's state_dict")
+
+
+@parametrize_configs()
 def test_stateful_metadata_is_truthful(config: BalancerConfig) -> None:
     """A stateless balancer, rebuilt fresh mid-run, continues identically; a stateful one does not."""
     p = make_problem(config)
@@ -152,6 +165,8 @@ def test_reset_returns_to_the_fresh_state(config: BalancerConfig) -> None:
     again, again_out = p.run(5)
     assert_same_trajectory(first, again, f"{config} after reset (weights)")
     assert_same_trajectory(first_out, again_out, f"{config} after reset (loss)")
+    fresh, _ = make_problem(config).run(5)  # a fresh instance on an identical fresh problem
+    assert_same_trajectory(fresh, again, f"{config} after reset vs fresh (weights)")
 
 
 @parametrize_configs()
@@ -207,12 +222,14 @@ def test_permuting_tasks_permutes_weights(config: BalancerConfig) -> None:
 
 # ------------------------------------------------------------------------------ scales
 @parametrize_configs()
-@pytest.mark.parametrize("scales", [[1e-6] * K, [1e6] * K, [1e-6, 1.0, 1e6]], ids=["1e-6", "1e6", "mixed"])
+@pytest.mark.parametrize(
+    "scales", [[1e-6] * K, [1e-3] * K, [1e3] * K, [1e6] * K, [1e-6, 1.0, 1e6]], ids=["1e-6", "1e-3", "1e3", "1e6", "mixed"]
+)
 def test_extreme_loss_scales_stay_finite(config: BalancerConfig, scales: list[float]) -> None:
     p = make_problem(config, scales=scales)
     for _ in range(6):
         losses, loss = p.call()
-        assert float(losses.detach().min()) < 1e-5 or float(losses.detach().max()) > 1e5  # the set-up
+        assert float(losses.detach().min()) < 1e-2 or float(losses.detach().max()) > 1e2  # the set-up
         assert torch.isfinite(loss), f"{config}: loss {loss} at scales {scales}"
         assert_valid_weights(p.balancer, p.balancer.weights, atol=1e-4)
         p.finish(loss)

@@ -93,8 +93,10 @@ def test_subset_split_is_nested(bench: QM9Benchmark, subset: int, n_eval: int) -
 def test_bad_options() -> None:
     with pytest.raises(ValueError, match="subset"):
         QM9Benchmark(subset=0)
-    with pytest.raises(ValueError, match="unknown option"):
+    with pytest.raises(TypeError, match="unknown option"):
         QM9Benchmark(sbuset=10)
+    with pytest.raises(TypeError, match="unknown model option"):
+        QM9Benchmark().build_model(width=3)
     with pytest.raises(ValueError, match="unknown variant"):
         QM9Benchmark("nope")
 
@@ -102,8 +104,9 @@ def test_bad_options() -> None:
 def test_missing_qm9pack_message(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     monkeypatch.setattr(qm9, "_QM9PACK", "qm9pack_not_installed_for_this_test")
     monkeypatch.setenv("BALANCEBENCH_CACHE", str(tmp_path))
-    with pytest.raises(ImportError, match="pip install qm9pack_not_installed_for_this_test"):
-        QM9Benchmark().loaders(4, 0)
+    with pytest.raises(ImportError, match="pip install qm9pack_not_installed_for_this_test") as info:
+        QM9Benchmark()  # no cache and no raw data: fails at construction, one line
+    assert isinstance(info.value, ValueError) and "\n" not in str(info.value)
 
 
 # ---------------------------------------------------------------------------------- units
