@@ -6,7 +6,7 @@ It never calls ``.backward()`` on the training loss and never steps the model's 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -128,17 +128,13 @@ class Balancer(torch.nn.Module):
     def __str__(self) -> str:
         return getattr(type(self), "registry_name", type(self).__name__.lower())
 
-    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
-        state = super().state_dict(*args, **kwargs)
-        state.update(self._extra_state())
-        return state
+    def get_extra_state(self) -> dict[str, Any]:
+        # torch stores this under "<prefix>_extra_state", so a balancer nested in another module
+        # checkpoints too; the content must stay loadable with torch.load(weights_only=True)
+        return self._extra_state()
 
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):  # type: ignore[override]
-        own = dict(state_dict)
-        extra = {k: own.pop(k) for k in list(own) if k.startswith("extra.")}
-        result = super().load_state_dict(own, strict=strict, assign=assign)
-        self._load_extra_state(extra)
-        return result
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self._load_extra_state(dict(state))
 
     def _extra_state(self) -> dict[str, Any]:
         """Non-tensor state (optimizer state, generator state) under keys starting ``extra.``."""

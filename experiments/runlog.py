@@ -36,6 +36,7 @@ class RunLog:
         self._pending_steps: list[int] = []
         self._logged: list[tuple[int, int, Tensor, Tensor]] = []
         self._epoch_sum = torch.zeros(len(self.tasks), device=device)
+        self._epoch_weight_sum = torch.zeros(len(self.tasks), device=device)
         self._epoch_count = 0
         self.epochs: list[dict[str, Any]] = []
         self.steps: list[dict[str, Any]] = []
@@ -45,6 +46,7 @@ class RunLog:
         self._pending.append(torch.cat([losses, loss.reshape(1).to(losses.dtype)]))
         self._pending_steps.append(step)
         self._epoch_sum += losses
+        self._epoch_weight_sum += weights.to(self._epoch_weight_sum.dtype)
         self._epoch_count += 1
         if log:
             self._logged.append((step, epoch, losses, weights.detach().clone()))
@@ -71,10 +73,16 @@ class RunLog:
 
     # ------------------------------------------------------------------ per epoch
     def epoch_train_losses(self) -> dict[str, float]:
-        means = (self._epoch_sum / max(self._epoch_count, 1)).tolist()
+        """Epoch means of the training losses and of the effective weights (exact, every step)."""
+        count = max(self._epoch_count, 1)
+        losses = (self._epoch_sum / count).tolist()
+        weights = (self._epoch_weight_sum / count).tolist()
         self._epoch_sum.zero_()
+        self._epoch_weight_sum.zero_()
         self._epoch_count = 0
-        return {f"train_loss_{t}": v for t, v in zip(self.tasks, means)}
+        row = {f"train_loss_{t}": v for t, v in zip(self.tasks, losses)}
+        row.update({f"weight_{t}": v for t, v in zip(self.tasks, weights)})
+        return row
 
     def add_epoch(self, row: dict[str, Any]) -> None:
         self.epochs.append(row)

@@ -345,14 +345,32 @@ def test_metadata_matches_the_class(config: BalancerConfig) -> None:
             b.attach(p.model, p.optimizer)
 
 
-@parametrize_configs([c for c in CONFIGS if not c.info.needs_closure])
-def test_closure_is_ignored_unless_needed(config: BalancerConfig) -> None:
+@parametrize_configs()
+def test_closure_is_ignored_unless_used(config: BalancerConfig) -> None:
+    """A balancer whose instance does not use the closure (``uses_closure``, which can only narrow the
+    registry's ``needs_closure``) runs the same with ``closure=None`` — what a trainer then passes."""
+    b = config.build()
+    uses = getattr(b, "uses_closure", config.info.needs_closure)
+    assert config.info.needs_closure or not uses, f"{config} uses the closure but its metadata says it does not"
+    if uses:
+        pytest.skip("uses the closure")
+
     def forbidden(params: Any = None) -> Tensor:
-        raise AssertionError(f"{config} called the closure although needs_closure=False")
+        raise AssertionError(f"{config} called the closure although it does not use it")
 
     with_closure, _ = make_problem(config).run(5)
-    without, _ = make_problem(config).run(5, closure=forbidden)
-    assert_same_trajectory(with_closure, without, f"{config} without closure")
+    never_called, _ = make_problem(config).run(5, closure=forbidden)
+    assert_same_trajectory(with_closure, never_called, f"{config} with a closure it must not call")
+    p = make_problem(config)
+    for t in range(5):
+        loss = p.balancer(p.losses(), closure=None)
+        p.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        p.optimizer.step()
+        p.balancer.step(None)
+        if config.info.needs_epoch_end and (t + 1) % p.epoch_every == 0:
+            p.balancer.epoch_end()
+        assert torch.equal(p.balancer.weights, with_closure[t]), f"{config} with closure=None, step {t}"
 
 
 @parametrize_configs()
@@ -379,3 +397,21 @@ def test_balancer_never_steps_or_backprops_the_model(config: BalancerConfig) -> 
     p.balancer.step(p.closure)
     for n, t in p.model.named_parameters():
         assert torch.equal(t, params[n]) and torch.equal(t.grad, grads[n]), f"{config} step() touched {n}"
+
+
+def test_a_balancer_nested_in_another_module_checkpoints() -> None:
+    """Extra state (optimizer, generator) travels under the parent's key prefix."""
+    from balancers import create_balancer
+
+    parent = torch.nn.ModuleDict({"balancer": create_balancer("famo", 3)})
+    losses = torch.tensor([1.0, 2.0, 3.0])
+    parent["balancer"](losses)
+    parent["balancer"].step(lambda params=None: losses * 0.5)
+    state = parent.state_dict()
+    assert "balancer._extra_state" in state
+    clone = torch.nn.ModuleDict({"balancer": create_balancer("famo", 3)})
+    clone.load_state_dict(state)
+    for module in (parent, clone):
+        module["balancer"](losses)
+        module["balancer"].step(lambda params=None: losses * 0.25)
+    torch.testing.assert_close(clone["balancer"].logits, parent["balancer"].logits)
