@@ -8,6 +8,6 @@ from balancers.base import Balancer, LossClosure
 from balancers.registry import BalancerInfo, balancer_info, create_balancer, list_balancers, register
 
 # Importing the modules registers them, in the order `balancebench list` shows them.
-from balancers import uniform, fixed, si, rlw, uw, dwa, famo, marigold  # noqa: E402,F401  isort: skip
+from balancers import uniform, fixed, si, rlw, uw, dwa, famo, marigold, mgda, imtlg, nashmtl  # noqa: E402,F401  isort: skip
 
 __all__ = ["Balancer", "BalancerInfo", "LossClosure", "balancer_info", "create_balancer", "list_balancers", "register"]

@@ -59,6 +59,7 @@ def _add_toy(sub: Any) -> None:
     p.add_argument("--scale", choices=SCALES, default="small")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", default="runs/toy")
+    p.add_argument("--workers", type=int, default=1, help="parallel processes (one run each)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_command("experiments.commands:toy_command"))
 

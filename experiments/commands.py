@@ -79,7 +79,7 @@ def toy_command(args: argparse.Namespace) -> int:
 
     names = [n.strip() for n in args.balancers.split(",") if n.strip()]
     table = run_toy(names, scale=args.scale, overrides=parse_set(args.overrides), out=Path(args.out),
-                    progress=not args.quiet)
+                    progress=not args.quiet, workers=args.workers)
     print(table.to_markdown(index=False))
     print(Path(args.out) / "toy_pareto.csv")
     return 0

@@ -40,6 +40,8 @@ class RunLog:
         self._epoch_count = 0
         self.epochs: list[dict[str, Any]] = []
         self.steps: list[dict[str, Any]] = []
+        #: optional ``experiments.gradients.CosineProbe`` whose cosine.csv is written with the tables
+        self.cosine: Any = None
 
     # ------------------------------------------------------------------ per step (no syncs)
     def record_step(self, step: int, epoch: int, losses: Tensor, loss: Tensor, weights: Tensor, log: bool) -> None:
@@ -102,6 +104,8 @@ class RunLog:
         rundir.write_table(run_dir / rundir.METRICS, pd.DataFrame(self.epochs))
         if self.steps:
             rundir.write_table(run_dir / rundir.STEPS, pd.DataFrame(self.steps))
+        if self.cosine is not None:
+            self.cosine.flush(run_dir)
 
     def load(self, run_dir: Path, epoch: int) -> None:
         """On resume: the tables up to the checkpointed epoch."""
@@ -110,6 +114,8 @@ class RunLog:
         if (run_dir / rundir.STEPS).is_file():
             steps = rundir.read_table(run_dir, rundir.STEPS)
             self.steps = steps[steps["epoch"] < epoch].to_dict("records")
+        if self.cosine is not None:
+            self.cosine.load(run_dir, epoch)
 
     # ------------------------------------------------------------------ files
     def write_config(self, run_dir: Path, cfg: Any, trainer: "Trainer") -> None:

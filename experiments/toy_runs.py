@@ -23,27 +23,45 @@ def final_theta(run_dir: Path) -> torch.Tensor:
     return state["model"]["trunk.theta"]
 
 
+def _run_one(name: str, index: int, scale: str, overrides: dict[str, Any], out: str, progress: bool,
+             threads: int | None) -> str:
+    """Train (or reuse) one (balancer, start) run; returns its directory. Top-level for spawn."""
+    if threads:
+        torch.set_num_threads(threads)
+    start = STARTS[index]
+    run_dir = Path(out) / f"{name}_start{index}"
+    extra = {"benchmark": {"options": {"start": list(start)}}, "balancer": {"name": name},
+             "train": {"progress": progress}}
+    cfg = load_run_config(CONFIG_DIR / "toy.yaml", scale, deep_merge(extra, overrides))
+    if not ((run_dir / rundir.SUMMARY).is_file() and _complete(run_dir)):  # finished runs are reused
+        train(cfg, run_dir, resume=True)
+    return str(run_dir)
+
+
 def run_toy(balancers: list[str], scale: str = "small", overrides: dict[str, Any] | None = None,
-            out: Path = Path("runs/toy"), progress: bool = True) -> pd.DataFrame:
-    """Train each balancer from each start; table of final θ, losses, distance, reached."""
+            out: Path = Path("runs/toy"), progress: bool = True, workers: int = 1) -> pd.DataFrame:
+    """Train each balancer from each start (``workers`` processes); table of final θ, losses,
+    normalised Pareto distance and whether the front was reached."""
+    jobs = [(name, index) for name in balancers for index in range(len(STARTS))]
+    args = [(name, index, scale, overrides or {}, str(out), progress and workers == 1, 1 if workers > 1 else None)
+            for name, index in jobs]
+    if workers > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+            run_dirs = list(pool.map(_run_one, *zip(*args)))
+    else:
+        run_dirs = [_run_one(*a) for a in args]
     rows = []
-    for name in balancers:
-        for index, start in enumerate(STARTS):
-            run_dir = Path(out) / f"{name}_start{index}"
-            extra = {"benchmark": {"options": {"start": list(start)}}, "balancer": {"name": name},
-                     "train": {"progress": progress}}
-            cfg = load_run_config(CONFIG_DIR / "toy.yaml", scale, deep_merge(extra, overrides or {}))
-            if (run_dir / rundir.SUMMARY).is_file() and _complete(run_dir):
-                pass  # finished earlier: reuse, never retrain
-            else:
-                train(cfg, run_dir, resume=True)
-            theta = final_theta(run_dir)
-            losses = toy_losses(theta.double())
-            distance = pareto_distance(losses)
-            rows.append({"balancer": name, "start": f"({start[0]:g}, {start[1]:g})",
-                         "theta": f"({theta[0]:.3f}, {theta[1]:.3f})", "L1": float(losses[0]),
-                         "L2": float(losses[1]), "pareto_distance": distance,
-                         "reached_front": distance <= PARETO_TOLERANCE, "run_dir": str(run_dir)})
+    for (name, index), run_dir in zip(jobs, run_dirs):
+        start, theta = STARTS[index], final_theta(Path(run_dir))
+        losses = toy_losses(theta.double())
+        distance = pareto_distance(losses)
+        rows.append({"balancer": name, "start": f"({start[0]:g}, {start[1]:g})",
+                     "theta": f"({theta[0]:.3f}, {theta[1]:.3f})", "L1": float(losses[0]),
+                     "L2": float(losses[1]), "pareto_distance": distance,
+                     "reached_front": distance <= PARETO_TOLERANCE, "run_dir": run_dir})
     table = pd.DataFrame(rows)
     rundir.write_table(Path(out) / "toy_pareto.csv", table)
     return table

@@ -26,6 +26,7 @@ from experiments.benchmarks import Benchmark, create_benchmark
 from experiments.config import RunConfig
 from experiments.errors import ConfigError, NonFiniteLossError, UserError
 from experiments.evaluation import delta_m, evaluate, literature_reference
+from experiments.gradients import CosineProbe
 from experiments.progress import progress_bar
 from experiments.runlog import RunLog
 
@@ -166,6 +167,11 @@ class Trainer:
         self.scheduler = build_scheduler(cfg, self.optimizer)
         self.closures = LossClosureFactory(self.model, self.bench, self.device, self.autocast)
         self.log = RunLog(self.bench, self.device)
+        if cfg.train.cosine_every < 0:
+            raise ConfigError(f"train.cosine_every must be >= 0 (0: off), got {cfg.train.cosine_every}")
+        #: task-gradient cosine probe (train.cosine_every); its rows are flushed with the run log
+        self.cosine = CosineProbe(self.model, self.bench, self.device, cfg.train.cosine_every) if cfg.train.cosine_every else None
+        self.log.cosine = self.cosine
         self.epoch, self.step_count, self.best, self.best_epoch, self.since_best = 0, 0, math.inf, -1, 0
         self.reference: dict[str, float] | None = None
         self.reference_kind = ""
@@ -191,6 +197,8 @@ class Trainer:
                              log=self.step_count % self.cfg.train.log_every == 0)
         if self.step_count % self.cfg.train.check_every == 0:
             self._check_window()
+        if self.cosine is not None and self.step_count % self.cosine.every == 0:
+            self.cosine.measure(self.step_count, self.epoch)
 
     def _check_window(self) -> None:
         bad = self.log.first_nonfinite()
@@ -245,7 +253,8 @@ class Trainer:
         if spec not in ("auto", "literature", "initial"):
             return _load_reference(spec, self.bench), f"stl:{spec}"
         literature = literature_reference(self.bench.metrics)
-        if spec == "literature" or (spec == "auto" and literature and self.cfg.scale in (None, "full")):
+        valid_here = self.cfg.scale in (None, "full") or self.bench.reference_at_any_scale
+        if spec == "literature" or (spec == "auto" and literature and valid_here):
             if literature is None:
                 raise ConfigError(f"reference 'literature': benchmark {self.bench.name!r} has no STL values")
             return literature, "literature_stl"
@@ -254,11 +263,15 @@ class Trainer:
     # ------------------------------------------------------------------------------ driver
     def run(self, resume: bool = False) -> dict[str, Any]:
         _, self.val_loader, self.test_loader = self.bench.loaders(self.cfg.train.batch_size, self.cfg.seed)
+        if self.cosine is not None:
+            self.cosine.set_batch(self.val_loader)  # the fixed probe batch: the first validation batch
         if resume and (self.run_dir / rundir.LAST).is_file():
             self._restore()
         else:
             self.log.write_config(self.run_dir, self.cfg, self)
             self.log.add_epoch({"epoch": 0, **self.evaluate_splits()})
+            if self.cosine is not None:
+                self.cosine.measure(0, 0)
         steps_per_epoch = self._steps_per_epoch()
         bar = progress_bar(total=self.cfg.train.epochs * steps_per_epoch, initial=self.step_count,
                            enabled=self.cfg.train.progress, desc=f"{self.bench.name}/{self.balancer}")

@@ -249,3 +249,15 @@ def _seed_everything() -> None:
 def problem_factory() -> Callable[..., Problem]:
     """``problem_factory(config_or_name, **kwargs)``: :func:`make_problem`."""
     return make_problem
+
+
+@pytest.fixture(scope="session")
+def toy_runs(tmp_path_factory: pytest.TempPathFactory):
+    """FAMO Fig. 1 at the paper's settings (70,000 Adam steps, lr 1e-3) for uniform and FAMO from
+    the five starts, trained once per test session in two processes and shared by the toy test
+    and the claims tests: (table, output directory)."""
+    from experiments.toy_runs import run_toy
+
+    out = tmp_path_factory.mktemp("toy")
+    table = run_toy(["uniform", "famo"], scale="tiny", out=out, progress=False, workers=2)
+    return table, out

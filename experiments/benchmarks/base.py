@@ -54,6 +54,9 @@ class Benchmark(ABC):
     name: str = ""
     #: the allowed variants; the first one is the default
     variants: tuple[str, ...] = ("default",)
+    #: True when the metrics' ``stl`` values hold at every scale (e.g. exact single-task optima),
+    #: not only at the full scale the literature measured them at
+    reference_at_any_scale: bool = False
 
     def __init__(self, variant: str | None = None, **options: Any) -> None:
         variant = variant or self.variants[0]

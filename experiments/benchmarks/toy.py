@@ -66,12 +66,14 @@ class ToyBenchmark(Benchmark):
 
     There is no data: every 'batch' is the same deterministic objective; an epoch is
     ``steps_per_epoch`` optimizer steps. The losses go negative, so ``loss_lower_bounds`` (the
-    numerical infima over the plane) are declared; a trainer passes them as ``min_losses`` to
-    balancers that take that hyperparameter (FAMO). Metrics are the two losses (lower is better).
+    infima over the plane) are declared; a trainer passes them as ``min_losses`` to balancers that
+    take that hyperparameter (FAMO). Metrics are the two losses (lower is better); their
+    single-task references are the infima, so Δm% is defined at every scale.
     """
 
     name = "toy"
     variants = ("default",)
+    reference_at_any_scale = True
 
     def __init__(self, variant: str | None = None, start: list[float] | tuple[float, float] = STARTS[2],
                  steps_per_epoch: int = 1000) -> None:
@@ -87,7 +89,8 @@ class ToyBenchmark(Benchmark):
 
     @property
     def metrics(self) -> list[MetricSpec]:
-        return [MetricSpec("L1", 0, False), MetricSpec("L2", 1, False)]
+        # each task's single-task optimum is its infimum (see loss_lower_bounds): an exact STL value
+        return [MetricSpec("L1", 0, False, stl=-2.0), MetricSpec("L2", 1, False, stl=-20.0)]
 
     @property
     def loss_lower_bounds(self) -> list[float]:

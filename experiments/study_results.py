@@ -1,0 +1,226 @@
+"""Results of a study, read from its Optuna storage alone (no run directory is needed).
+
+Per method: the best configuration within the budget, its validation objective, the test metrics
+of its reruns as mean ± standard error over seeds (seed 003 §3), the test Δm% against the same
+reference as the objective, and the budget actually used (trials complete / pruned / failed,
+epochs, wall time).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from optuna.storages import BaseStorage
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+from experiments import rundir
+from experiments.errors import UserError, mask_url
+from experiments.study_storage import budget_trials, counted_trials, open_storage
+
+PM = "\u00b1"
+
+
+@dataclass
+class MethodData:
+    method: str
+    budget: int | None
+    search: list[FrozenTrial]  # the first ``budget`` counted trials (empty for derived methods)
+    requeued: int
+    best: FrozenTrial | None
+    reruns: list[FrozenTrial]
+    rerun_attrs: dict[str, Any]
+
+
+def _trials(storage: BaseStorage, study: Any) -> list[FrozenTrial]:
+    return storage.get_all_trials(study._study_id, deepcopy=False)
+
+
+def _best(trials: list[FrozenTrial]) -> FrozenTrial | None:
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    return min(done, key=lambda t: (t.value, t.number)) if done else None
+
+
+def collect(storage: BaseStorage, group: str | None, label: str) -> tuple[str, list[MethodData], list[dict[str, Any]]]:
+    """(group, per-method data in study order, metric specs) of one study group in ``storage``."""
+    studies = [s for s in storage.get_all_studies() if s.user_attrs.get("kind") in ("search", "rerun")
+               and s.direction == StudyDirection.MINIMIZE]
+    groups = sorted({s.user_attrs.get("group") for s in studies})
+    if not groups:
+        raise UserError(f"no balancebench study in storage {label}")
+    if group is None:
+        if len(groups) > 1:
+            raise UserError(f"storage {label} holds several studies ({', '.join(groups)}); choose one with --study")
+        group = groups[0]
+    elif group not in groups:
+        raise UserError(f"no study {group!r} in storage {label}; available: {', '.join(groups)}")
+    mine = sorted((s for s in studies if s.user_attrs.get("group") == group), key=lambda s: s._study_id)
+    reruns = {s.study_name: s for s in mine if s.user_attrs["kind"] == "rerun"}
+    out: list[MethodData] = []
+    specs: list[dict[str, Any]] = []
+    best_of: dict[str, int] = {}
+    for study in (s for s in mine if s.user_attrs["kind"] == "search"):
+        method, budget = study.user_attrs["method"], int(study.user_attrs["n_trials"])
+        specs = study.user_attrs.get("metric_specs", specs)
+        trials = _trials(storage, study)
+        within = budget_trials(trials, budget)
+        best = _best(within)
+        rerun = reruns.get(f"{group}/{method}/rerun-t{best.number}") if best else None
+        if best is not None:
+            best_of[method] = best.number
+        out.append(MethodData(method, budget, within, len(trials) - len(counted_trials(trials)), best,
+                              _trials(storage, rerun) if rerun else [], dict(rerun.user_attrs) if rerun else {}))
+    searched = {m.method for m in out}
+    for study in reruns.values():
+        attrs = study.user_attrs
+        source = attrs.get("source_method")
+        if attrs["method"] in searched or source is None or best_of.get(source) != attrs.get("source_trial"):
+            continue
+        out.append(MethodData(attrs["method"], None, [], 0, None, _trials(storage, study), dict(attrs)))
+    if not any(t.state.is_finished() for m in out for t in m.search + m.reruns):
+        raise UserError(f"study {group!r} in storage {label} has no finished trial yet")
+    return group, out, specs
+
+
+def _mean_se(values: list[float]) -> tuple[float, float]:
+    arr = np.array([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    if arr.size == 0:
+        return math.nan, math.nan
+    return float(arr.mean()), float(arr.std(ddof=1) / math.sqrt(arr.size)) if arr.size > 1 else math.nan
+
+
+def _seconds(t: FrozenTrial) -> float:
+    if t.datetime_start and t.datetime_complete:
+        return (t.datetime_complete - t.datetime_start).total_seconds()
+    return float(t.user_attrs.get("wall_seconds") or 0.0)
+
+
+def _epochs(t: FrozenTrial) -> int:
+    value = t.user_attrs.get("epochs_trained")
+    return int(value) if value is not None else len(t.intermediate_values)
+
+
+def _failures(trials: list[FrozenTrial]) -> str:
+    return "; ".join(f"t{t.number}: {t.user_attrs.get('failure_kind') or 'failed'}"
+                     for t in trials if t.state == TrialState.FAIL)
+
+
+def _row(m: MethodData, specs: list[dict[str, Any]]) -> dict[str, Any]:
+    done = [t for t in m.reruns if t.state == TrialState.COMPLETE]
+    row: dict[str, Any] = {"method": m.method}
+    if m.budget is None:
+        source, k = m.rerun_attrs.get("source_method"), m.rerun_attrs.get("source_trial")
+        row.update(budget=0, complete=0, pruned=0, failed=0, requeued=0, search_epochs=0, search_wall_s=0.0,
+                   best_trial=None, best_params=json.dumps(m.rerun_attrs.get("params", {}), sort_keys=True),
+                   best_val_delta_m=math.nan,
+                   note=f"no own search: weights {[round(w, 4) for w in m.rerun_attrs.get('weights', [])]} "
+                        f"extracted (EMA {m.rerun_attrs.get('ema')}) from {source}'s reruns of trial {k}; "
+                        f"{source}'s trial-{k} hyperparameters")
+    else:
+        states = [t.state for t in m.search]
+        row.update(budget=m.budget, complete=states.count(TrialState.COMPLETE), pruned=states.count(TrialState.PRUNED),
+                   failed=states.count(TrialState.FAIL), requeued=m.requeued,
+                   search_epochs=sum(_epochs(t) for t in m.search),
+                   search_wall_s=round(sum(_seconds(t) for t in m.search), 1),
+                   best_trial=m.best.number if m.best else None,
+                   best_params=json.dumps(m.best.params, sort_keys=True) if m.best else "",
+                   best_val_delta_m=m.best.value if m.best else math.nan,
+                   note=_failures(m.search) or ("no completed trial" if m.best is None else ""))
+    row["seeds"] = f"{len(done)}/{len(m.rerun_attrs.get('seeds', []))}" if m.rerun_attrs else "0/0"
+    row["test_delta_m_mean"], row["test_delta_m_se"] = _mean_se([t.user_attrs.get("test_delta_m") for t in done])
+    for spec in specs:
+        name = spec["name"]
+        values = [(t.user_attrs.get("test_metrics") or {}).get(name) for t in done]
+        row[f"test_{name}_mean"], row[f"test_{name}_se"] = _mean_se(values)
+    row["rerun_epochs"] = sum(_epochs(t) for t in m.reruns if t.state.is_finished())
+    row["rerun_wall_s"] = round(sum(_seconds(t) for t in m.reruns if t.state.is_finished()), 1)
+    rerun_failures = _failures(m.reruns)
+    if rerun_failures:
+        row["note"] = "; ".join(x for x in (row["note"], f"reruns: {rerun_failures}") if x)
+    return row
+
+
+def results_table(storage: str | BaseStorage, group: str | None = None) -> pd.DataFrame:
+    """One row per method (numeric columns: ``*_mean`` / ``*_se``); ``storage`` is a URL, a journal
+    path or an open storage. An empty or unknown study is a one-line UserError."""
+    label = mask_url(storage) if isinstance(storage, str) else type(storage).__name__
+    if isinstance(storage, str):
+        if "://" not in storage and not Path(storage).is_file():
+            raise UserError(f"no study storage at {storage} (a journal file path or an Optuna RDB URL)")
+        storage = open_storage(storage)
+    group, methods, specs = collect(storage, group, label)
+    frame = pd.DataFrame([_row(m, specs) for m in methods])
+    frame.attrs.update(group=group, storage=label, metrics=[s["name"] for s in specs])
+    return frame
+
+
+BUDGET_COLUMNS = ["method", "budget", "complete", "pruned", "failed", "requeued", "search_epochs", "search_wall_s",
+                  "seeds", "rerun_epochs", "rerun_wall_s", "note"]
+
+
+def budget_table(results: pd.DataFrame) -> pd.DataFrame:
+    return results[BUDGET_COLUMNS].copy()
+
+
+def display_table(results: pd.DataFrame, pm: str = f" {PM} ") -> pd.DataFrame:
+    """Readable results: ``mean ± se`` strings, best configuration and validation objective."""
+    def fmt(mean: float, se: float) -> str:
+        if not math.isfinite(mean):
+            return "n/a"
+        return f"{mean:.4g}" + (f"{pm}{se:.2g}" if math.isfinite(se) else "")
+
+    rows = []
+    for _, r in results.iterrows():
+        row = {"method": r["method"], "best trial": "-" if pd.isna(r["best_trial"]) else int(r["best_trial"]),
+               "best config": _compact(r["best_params"]),
+               "val Δm% (search)": "n/a" if pd.isna(r["best_val_delta_m"]) else f"{r['best_val_delta_m']:.4g}",
+               "seeds": r["seeds"], "test Δm%": fmt(r["test_delta_m_mean"], r["test_delta_m_se"])}
+        for name in results.attrs.get("metrics", []):
+            row[f"test {name}"] = fmt(r[f"test_{name}_mean"], r[f"test_{name}_se"])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _compact(params: str) -> str:
+    try:
+        data = json.loads(params) if params else {}
+    except ValueError:
+        return str(params)
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in data.items())
+
+
+def render(results: pd.DataFrame, fmt: str = "md") -> str:
+    """The results and budget tables as Markdown, CSV (numeric) or LaTeX."""
+    if fmt == "csv":
+        return results.to_csv(index=False)
+    budget = budget_table(results)
+    if fmt == "latex":
+        marker = "PLUSMINUSMARK"
+        shown = display_table(results, pm=f" {marker} ")
+        text = shown.to_latex(index=False, escape=True) + "\n" + budget.to_latex(index=False, escape=True)
+        return text.replace(marker, r"$\pm$").replace("Δ", r"$\Delta$")
+    if fmt != "md":
+        raise UserError(f"unknown format {fmt!r}; valid: md, csv, latex")
+    head = (f"Study `{results.attrs.get('group')}` (storage {results.attrs.get('storage')}): test metrics are "
+            f"mean {PM} standard error over the rerun seeds of each method's best configuration.\n\n")
+    return (head + display_table(results).to_markdown(index=False) + "\n\nBudget (the same for every searched "
+            "method; failed and pruned trials count; requeued = killed/interrupted trials re-run with the same "
+            "parameters, not counted):\n\n" + budget.to_markdown(index=False) + "\n")
+
+
+def write_results(results: pd.DataFrame, out: str | Path) -> dict[str, Path]:
+    """``results.md``, ``results.csv`` (numeric), ``results.tex`` and ``budget.csv`` under ``out``."""
+    out = Path(out)
+    files = {"md": out / "results.md", "csv": out / "results.csv", "latex": out / "results.tex",
+             "budget": out / "budget.csv"}
+    rundir.atomic_write_text(files["md"], render(results, "md"))
+    rundir.atomic_write_text(files["csv"], render(results, "csv"))
+    rundir.atomic_write_text(files["latex"], render(results, "latex"))
+    rundir.write_table(files["budget"], budget_table(results))
+    return files
