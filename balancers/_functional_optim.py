@@ -50,9 +50,14 @@ def _adam(p: Tensor, g: Tensor, group: Mapping[str, Any], state: Mapping[str, An
     if group.get("maximize", False):
         g = -g
     step = state.get("step")
-    # Bias corrections in float64 like torch's Python-float path, but as (0-d) tensors when the
-    # step count is a tensor, so no device->host sync is needed.
-    step = (step.to(torch.float64) if isinstance(step, Tensor) else float(step or 0)) + 1
+    # Bias corrections in float64 like torch's Python-float path. torch's default Adam keeps the
+    # step count in a CPU tensor and reads it with .item() itself (no device sync): so do we, and
+    # then the update is torch's addcdiv. A step count on an accelerator (capturable/fused Adam)
+    # stays a 0-d tensor, so that no device->host sync is needed.
+    if isinstance(step, Tensor) and step.device.type != "cpu":
+        step = step.to(torch.float64) + 1
+    else:
+        step = float(step if step is not None else 0) + 1
     if weight_decay != 0:
         if decoupled:
             p = p * (1 - lr * weight_decay)
@@ -70,7 +75,7 @@ def _adam(p: Tensor, g: Tensor, group: Mapping[str, Any], state: Mapping[str, An
     if group.get("amsgrad", False):
         max_sq = state.get("max_exp_avg_sq")
         exp_avg_sq = exp_avg_sq if max_sq is None else torch.maximum(max_sq, exp_avg_sq)
-    denom = exp_avg_sq.sqrt() / bias_correction2_sqrt + eps
+    denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)  # in place on a fresh tensor, as torch
     if isinstance(step_size, Tensor):
         return p + (-step_size) * exp_avg / denom
     return torch.addcdiv(p, exp_avg, denom, value=-step_size)
@@ -131,3 +136,74 @@ def virtual_step(
         g, slot = grads.get(name), slots.get(name)
         out[name] = p if g is None or slot is None else rule(p, g, slot[0], slot[1])
     return out
+
+
+# ------------------------------------------------------------------------------ real steps
+def adam_step_(optimizer: torch.optim.Optimizer, params: list[Tensor], grads: list[Tensor]) -> None:
+    """``optimizer.step()`` of a ``torch.optim.Adam`` with these gradients, without ``.grad``.
+
+    For the balancers' own tiny Adam optimizers (K logits): ``optimizer.step()`` costs ~100 us of
+    Python per call, more than the K-sized arithmetic itself. This repeats torch's single-tensor
+    Adam update operation by operation (same state tensors and lazy initialisation, so
+    ``state_dict``/``load_state_dict`` are unchanged, same results), in place, under no_grad.
+    Groups with options it does not repeat (amsgrad, maximize, capturable, differentiable, fused,
+    decoupled weight decay, tensor hyperparameters) take the real ``optimizer.step()``.
+    ``grads[i]`` is the gradient of ``params[i]``, a parameter (or buffer) of the optimizer; the
+    optimizer's other parameters are skipped, as ``optimizer.step()`` skips those without ``.grad``.
+    """
+    if type(optimizer) is not torch.optim.Adam:
+        raise TypeError(f"adam_step_ needs a torch.optim.Adam, got {type(optimizer).__name__}")
+    by_id = {id(p): g for p, g in zip(params, grads)}
+    if not all(_plain_adam(group) for group in optimizer.param_groups):
+        _real_step(optimizer, by_id)
+        return
+    with torch.no_grad():
+        for group in optimizer.param_groups:
+            beta1, beta2 = group["betas"]
+            lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
+            for p in group["params"]:
+                grad = by_id.get(id(p))
+                if grad is None:
+                    continue
+                state = optimizer.state[p]
+                if len(state) == 0:  # torch's lazy initialisation (non-capturable, non-fused)
+                    state["step"] = torch.tensor(0.0, dtype=_scalar_dtype(), device="cpu")
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                step_t, exp_avg, exp_avg_sq = state["step"], state["exp_avg"], state["exp_avg_sq"]
+                step_t += 1
+                if weight_decay != 0:
+                    grad = grad.add(p, alpha=weight_decay)
+                exp_avg.lerp_(grad, 1 - beta1)
+                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                step = step_t.item()  # a CPU tensor: no device sync (torch reads it the same way)
+                bias_correction1 = 1 - beta1**step
+                bias_correction2 = 1 - beta2**step
+                step_size = lr / bias_correction1
+                bias_correction2_sqrt = bias_correction2**0.5
+                denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+                p.addcdiv_(exp_avg, denom, value=-step_size)
+
+
+def _plain_adam(group: Mapping[str, Any]) -> bool:
+    flags = ("amsgrad", "maximize", "capturable", "differentiable", "fused", "decoupled_weight_decay")
+    if any(group.get(flag) for flag in flags):
+        return False
+    scalars = (group["lr"], group["eps"], group["weight_decay"], *group["betas"])
+    if any(isinstance(x, Tensor) for x in scalars):
+        return False
+    return all(torch.is_floating_point(p) and not torch.is_complex(p) for p in group["params"])
+
+
+def _real_step(optimizer: torch.optim.Optimizer, by_id: Mapping[int, Tensor]) -> None:
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for p in params:
+        p.grad = by_id.get(id(p))
+    optimizer.step()
+    for p in params:
+        p.grad = None
+
+
+def _scalar_dtype() -> torch.dtype:
+    # torch.optim's choice for the step count of non-fused optimizers
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32

@@ -106,10 +106,21 @@ class Balancer(torch.nn.Module):
             )
         if not losses.is_floating_point():
             raise ValueError(f"{self}: losses must be floating point, got {losses.dtype}")
-        # The finite check needs one device->host boolean; the trainer disables it and checks
-        # lazily itself (see ``check_values``).
-        if self.check_values and not bool(torch.isfinite(losses.detach()).all()):
+        # Value checks need a device->host boolean; the trainer disables them and checks lazily
+        # itself (see ``check_values``).
+        if self.check_values:
+            self.check_losses(losses)
+
+    def check_losses(self, losses: Tensor) -> None:
+        """Raise ValueError when loss values are unusable: non-finite, or outside the method's range
+        (e.g. FAMO below ``min_losses``). One host sync; a trainer that runs with ``check_values``
+        off calls it to explain a non-finite balanced loss."""
+        if not bool(torch.isfinite(losses.detach()).all()):
             raise ValueError(f"{self}: losses must be finite, got {losses.detach().tolist()}")
+        self._check_range(losses.detach())
+
+    def _check_range(self, losses: Tensor) -> None:
+        """Method-specific value range (no-op by default)."""
 
     #: Check values (finite; method-specific ranges) on every call. Each check costs one host sync,
     #: so the trainer turns it off and checks the losses itself, lazily, naming step and task.

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from balancers._functional_optim import adam_step_
 from balancers.base import Balancer, LossClosure
 from balancers.registry import register
 
@@ -86,8 +87,9 @@ class FAMO(Balancer):
             self._update_logits(self._prev_losses, losses.detach())
         shifted = self._shifted(losses)
         z = torch.softmax(self.logits.detach(), dim=-1).to(losses.dtype)
-        c = (z / shifted.detach()).sum()
-        self._record((z / shifted.detach()) / c)
+        ratio = z / shifted.detach()
+        c = ratio.sum()
+        self._record(ratio / c)
         self._prev_losses.copy_(losses.detach())
         self._has_prev = True
         return (shifted.log() * z).sum() / c
@@ -101,24 +103,27 @@ class FAMO(Balancer):
             new_losses = closure()
         self._update_logits(self._prev_losses, new_losses.detach())
 
-    def _shifted(self, losses: Tensor) -> Tensor:
+    def _check_range(self, losses: Tensor) -> None:
         mins = self.min_losses.to(losses.dtype)
-        if self.check_values and bool((losses.detach() < mins).any()):
+        if bool((losses < mins).any()):
             raise ValueError(
-                f"famo: losses {losses.detach().tolist()} fall below min_losses {mins.tolist()}; FAMO takes "
+                f"famo: losses {losses.tolist()} fall below min_losses {mins.tolist()}; FAMO takes "
                 "log(loss - min_loss), so set min_losses to a lower bound of each task loss"
             )
-        return losses - mins + _EPS
+
+    def _shifted(self, losses: Tensor) -> Tensor:
+        if self.check_values:
+            self._check_range(losses.detach())
+        return losses - self.min_losses.to(losses.dtype) + _EPS
 
     def _update_logits(self, prev: Tensor, new: Tensor) -> None:
         delta = self._shifted(prev).log() - self._shifted(new).log()
-        with torch.enable_grad():
-            z = torch.softmax(self.logits, dim=-1)
-            (grad,) = torch.autograd.grad(z, self.logits, grad_outputs=delta.to(z.dtype))
-        self._opt.zero_grad(set_to_none=True)
-        self.logits.grad = grad
-        self._opt.step()
-        self.logits.grad = None
+        # J_softmax(ξ)ᵀ δ with the very kernel autograd's softmax backward runs (same values as
+        # autograd.grad of softmax), then the Adam step; both without autograd's and
+        # Optimizer.step's per-call Python overhead, which exceeds this K-sized arithmetic
+        z = torch.softmax(self.logits.detach(), dim=-1)
+        grad = torch._softmax_backward_data(delta.to(z.dtype), z, -1, z.dtype)
+        adam_step_(self._opt, [self.logits], [grad])
 
     # ------------------------------------------------------------------------------ lifecycle
     def reset(self) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from balancers._functional_optim import check_supported, param_slots, virtual_step
+from balancers._functional_optim import adam_step_, check_supported, param_slots, virtual_step
 from balancers.base import Balancer, LossClosure
 from balancers.registry import register
 
@@ -160,12 +160,15 @@ class Marigold(Balancer):
     def _temperature(self, losses: Tensor) -> Tensor:
         f = losses.detach().to(self.u.dtype)
         if self.check_values:
-            if not bool((f > 0).all()):
-                raise ValueError(
-                    f"{self}: MARIGOLD's softmax temperature divides by the task losses "
-                    f"(lambda = softmax(beta u / f), App. C), so every loss must be > 0; got {f.tolist()}")
+            self._check_range(f)
             return f
         return torch.where(f > 0, f, torch.full_like(f, float("nan")))
+
+    def _check_range(self, losses: Tensor) -> None:
+        if not bool((losses > 0).all()):
+            raise ValueError(
+                f"{self}: MARIGOLD's softmax temperature divides by the task losses "
+                f"(lambda = softmax(beta u / f), App. C), so every loss must be > 0; got {losses.tolist()}")
 
     def _simplex(self, u: Tensor, v: Tensor, f: Tensor) -> tuple[Tensor, Tensor]:
         return torch.softmax(self.beta * u / f, 0), torch.softmax(self.beta * v / f, 0)
@@ -189,26 +192,34 @@ class Marigold(Balancer):
         if not names:
             raise RuntimeError(f"{self}: the optimizer owns no trainable parameter of the model")
         weighted = (weights.to(losses.dtype) * losses).sum()
-        grads = torch.autograd.grad(weighted, [named[n] for n in names], retain_graph=True, allow_unused=True)
+        grads = dict(zip(names, torch.autograd.grad(weighted, [named[n] for n in names], retain_graph=True,
+                                                    allow_unused=True)))
         with torch.no_grad():
-            virtual = virtual_step(optimizer, named, dict(zip(names, grads)), slots)
+            # one parameter at a time, dropping each gradient once used: the virtual parameters and
+            # the gradients never coexist in full (peak memory + 1 parameter set, not + 2)
+            virtual: dict[str, Tensor] = {}
+            for name, p in named.items():
+                g = grads.pop(name, None)
+                virtual.update(virtual_step(optimizer, {name: p}, {} if g is None else {name: g}, slots))
+                del g
             return closure(virtual).detach().to(weights.dtype)
 
     def _update(self, f: Tensor, perturbed: Tensor, base: Tensor | None, direction: Tensor) -> None:
         """Pull g_lambda, g_rho back through the softmaxes; Adam descent on u, ascent on v."""
-        u, v = self.u.detach().requires_grad_(), self.v.detach().requires_grad_()
-        with torch.enable_grad():
-            lam, rho = self._simplex(u, v, f)
-        g_lam = self.zo_hypergradient(rho.detach(), perturbed, base, direction, self.r)
+        lam, rho = self._simplex(self.u, self.v, f)
+        g_lam = self.zo_hypergradient(rho, perturbed, base, direction, self.r)
         g_rho = perturbed - f
-        grad_u, grad_v = torch.autograd.grad((lam, rho), (u, v), (g_lam, g_rho))
+        # the pull-back through lambda = softmax(beta u / f) (rho likewise) with the kernels and in
+        # the order autograd's backward of (beta * u) / f -> softmax runs them (same values as
+        # autograd.grad), and the Adam step, without autograd's and Optimizer.step's per-call
+        # Python overhead (larger than this K-sized arithmetic)
+        grad_u = torch._softmax_backward_data(g_lam.to(lam.dtype), lam, 0, lam.dtype) / f * self.beta
+        grad_v = torch._softmax_backward_data(g_rho.to(rho.dtype), rho, 0, rho.dtype) / f * self.beta
         if self._adam.param_groups[0]["params"][0] is not self.u:  # buffers replaced by .to()
             state = self._adam.state_dict()
             self._adam = torch.optim.Adam([self.u, self.v], lr=self.w_lr)
             self._adam.load_state_dict(state)
-        self.u.grad, self.v.grad = grad_u, -grad_v
-        self._adam.step()
-        self.u.grad = self.v.grad = None
+        adam_step_(self._adam, [self.u, self.v], [grad_u, -grad_v])
 
     def _extra_state(self) -> dict[str, Any]:
         return {"extra.adam": copy.deepcopy(self._adam.state_dict()), "extra.generator": self._gen.get_state()}

@@ -22,9 +22,10 @@ class ScaleInvariant(Balancer):
 
     weights_sum_to_one = False
 
+    def _check_range(self, losses: Tensor) -> None:
+        if bool((losses <= 0).any()):
+            raise ValueError(f"si: losses must be > 0 (log of the loss), got {losses.tolist()}")
+
     def combine(self, losses: Tensor, closure: LossClosure | None) -> Tensor:
-        # a host sync: skipped when the trainer checks values itself (see Balancer.check_values)
-        if self.check_values and bool((losses.detach() <= 0).any()):
-            raise ValueError(f"si: losses must be > 0 (log of the loss), got {losses.detach().tolist()}")
         self._record(1.0 / (self.n_tasks * losses.detach()))
         return losses.log().mean()

@@ -29,7 +29,7 @@ def _command(path: str) -> Callable[[argparse.Namespace], Any]:
 
 def _add_train(sub: Any) -> None:
     p = sub.add_parser("train", help="train one model with one balancer; prints the run directory last")
-    p.add_argument("--config", required=True, help="benchmark YAML, e.g. configs/qm9.yaml")
+    p.add_argument("--config", help="benchmark YAML, e.g. configs/qm9.yaml (not needed with --resume)")
     p.add_argument("--scale", choices=SCALES, default=None)
     p.add_argument("--balancer", default=None, help="registered balancer name (see `balancebench list`)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -102,6 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         result = args.func(args)
+    except BrokenPipeError:  # e.g. `balancebench list | head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("balancebench: interrupted; finished work is saved (run the same command to continue)", file=sys.stderr)
         return 130

@@ -54,6 +54,10 @@ def train_command(args: argparse.Namespace) -> int:
         resumed = Path(args.resume)
         result = train(load_run_dir_config(resumed), resumed, resume=True)
     else:
+        if not args.config:
+            from experiments.errors import UserError
+
+            raise UserError("train needs --config FILE (or --resume RUN_DIR)")
         cfg = config_from_args(args)
         result = train(cfg)
     summary = result.summary

@@ -14,12 +14,10 @@ class ConfigError(UserError, ValueError):
 class NonFiniteLossError(UserError, FloatingPointError):
     """A task loss (or the balanced loss) became NaN/Inf during training."""
 
-    def __init__(self, step: int, task: str, value: float, epoch: int) -> None:
-        self.step, self.task, self.value, self.epoch = step, task, value, epoch
-        super().__init__(
-            f"non-finite loss at training step {step} (epoch {epoch}): task {task!r} = {value}; "
-            "lower the learning rate, clip gradients, or check the balancer's hyperparameters"
-        )
+    def __init__(self, step: int, task: str, value: float, epoch: int, reason: str | None = None) -> None:
+        self.step, self.task, self.value, self.epoch, self.reason = step, task, value, epoch, reason
+        advice = reason or "lower the learning rate, clip gradients, or check the balancer's hyperparameters"
+        super().__init__(f"non-finite loss at training step {step} (epoch {epoch}): {task} = {value}; {advice}")
 
 
 def mask_url(url: str) -> str:

@@ -53,8 +53,9 @@ class RunLog:
         if log:
             self._logged.append((step, epoch, losses, weights.detach().clone()))
 
-    def first_nonfinite(self) -> tuple[int, int, float] | None:
-        """(step, column, value) of the first NaN/Inf since the last check (one sync), else None."""
+    def first_nonfinite(self) -> tuple[int, int, float, Tensor] | None:
+        """(step, column, value, that step's task losses) of the first NaN/Inf since the last check
+        (one host sync), else None. Column K is the balanced loss."""
         if not self._pending:
             return None
         stacked = torch.stack(self._pending)
@@ -63,7 +64,7 @@ class RunLog:
         if bool(finite.all()):
             return None
         row, column = (~finite).nonzero()[0].tolist()
-        return steps[row], column, float(stacked[row, column])
+        return steps[row], column, float(stacked[row, column]), stacked[row, :-1]
 
     def postfix(self) -> str:
         if not self._logged:

@@ -148,6 +148,7 @@ def group_name(cfg: StudyConfig, bench_name: str, variant: str) -> str:
 def make_plan(cfg: StudyConfig) -> StudyPlan:
     """Resolve ``cfg``: load the benchmark run config, build the benchmark once (metrics, tasks,
     model options), check every space, published default and method name."""
+    from balancers import list_balancers
     from experiments.benchmarks import create_benchmark
 
     searched, derived = split_methods(cfg.methods)
@@ -181,12 +182,11 @@ def make_plan(cfg: StudyConfig) -> StudyPlan:
     fixed: dict[str, dict[str, Any]] = {}
     first: dict[str, dict[str, Any]] = {}
     base_dict = to_dict(base)
-    unknown = sorted(set(cfg.method_spaces) - set(searched))
-    if unknown:
-        raise ConfigError(f"method_spaces.{unknown[0]}: not a searched method of this study ({', '.join(searched)})")
-    unknown = sorted(set(cfg.published_defaults) - set(searched))
-    if unknown:
-        raise ConfigError(f"published_defaults.{unknown[0]}: not a searched method of this study ({', '.join(searched)})")
+    registered = list_balancers()
+    for section in ("method_spaces", "published_defaults"):  # entries of methods not run now are ignored
+        unknown = sorted(set(getattr(cfg, section)) - set(registered))
+        if unknown:
+            raise ConfigError(f"{section}.{unknown[0]}: not a registered balancer; valid: {', '.join(registered)}")
     for method in searched:
         accepted = balancer_hparam_names(method)
         own = cfg.method_spaces.get(method, {})

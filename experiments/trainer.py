@@ -180,13 +180,16 @@ class Trainer:
 
     # ------------------------------------------------------------------------------- steps
     def train_step(self, batch: Any) -> None:
+        # last step's gradients are freed before the forward rather than after the balancer call:
+        # nothing reads them, and balancers that backprop themselves (MARIGOLD faithful, the O(K)
+        # methods) then do not hold them alive (one parameter-sized set less at peak)
+        self.optimizer.zero_grad(set_to_none=True)
         rng = self.closures.capture() if self.uses_closure else None
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             outputs = self.model(self.bench.inputs(batch))
             losses = self.bench.losses(outputs, batch).float()
         closure = self.closures.make(batch, rng) if rng is not None else None
         loss = self.balancer(losses, closure=closure)
-        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.train.grad_clip is not None:  # after backward, where it clips something
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
@@ -202,10 +205,16 @@ class Trainer:
 
     def _check_window(self) -> None:
         bad = self.log.first_nonfinite()
-        if bad is not None:
-            step, column, value = bad
-            names = self.bench.task_names + ["<balanced loss>"]
-            raise NonFiniteLossError(step, names[column], value, self.epoch)
+        if bad is None:
+            return
+        step, column, value, task_losses = bad
+        if column == self.bench.n_tasks:  # finite task losses, non-finite balanced loss: ask why
+            try:
+                self.balancer.check_losses(task_losses)
+            except ValueError as exc:
+                raise NonFiniteLossError(step, "<balanced loss>", value, self.epoch, reason=str(exc)) from None
+        names = self.bench.task_names + ["<balanced loss>"]
+        raise NonFiniteLossError(step, names[column], value, self.epoch)
 
     def train_epoch(self, bar: Any) -> None:
         self.model.train()
