@@ -261,3 +261,15 @@ def toy_runs(tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("toy")
     table = run_toy(["uniform", "famo"], scale="tiny", out=out, progress=False, workers=2)
     return table, out
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A real PostgreSQL 15 cluster on loopback for this test session (stopped afterwards)."""
+    from tests.support.postgres import pg_available, throwaway_postgres
+
+    why = pg_available()
+    if why is not None:
+        pytest.skip(why)
+    with throwaway_postgres() as url:
+        yield url
