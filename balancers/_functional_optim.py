@@ -75,7 +75,11 @@ def _adam(p: Tensor, g: Tensor, group: Mapping[str, Any], state: Mapping[str, An
     if group.get("amsgrad", False):
         max_sq = state.get("max_exp_avg_sq")
         exp_avg_sq = exp_avg_sq if max_sq is None else torch.maximum(max_sq, exp_avg_sq)
-    denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)  # in place on a fresh tensor, as torch
+    if torch.is_grad_enabled():  # differentiable (e.g. inside torch.func.grad): sqrt keeps its output
+        denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)  # in place on a fresh tensor, as torch
+    else:  # no autograd: the same operations in place on the fresh exp_avg_sq (one temporary less)
+        denom = exp_avg_sq.sqrt_().div_(bias_correction2_sqrt).add_(eps)
+    del exp_avg_sq  # not needed below: freed before the update's output is allocated (peak memory)
     if isinstance(step_size, Tensor):
         return p + (-step_size) * exp_avg / denom
     return torch.addcdiv(p, exp_avg, denom, value=-step_size)

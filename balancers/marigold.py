@@ -195,13 +195,16 @@ class Marigold(Balancer):
         grads = dict(zip(names, torch.autograd.grad(weighted, [named[n] for n in names], retain_graph=True,
                                                     allow_unused=True)))
         with torch.no_grad():
-            # one parameter at a time, dropping each gradient once used: the virtual parameters and
-            # the gradients never coexist in full (peak memory + 1 parameter set, not + 2)
-            virtual: dict[str, Tensor] = {}
-            for name, p in named.items():
+            # one parameter at a time, largest first, dropping each gradient once used: the virtual
+            # parameters and the gradients never coexist in full, and the update's temporaries of
+            # the largest parameter do not come on top of the other virtual parameters (peak memory)
+            done: dict[str, Tensor] = {}
+            for name in sorted(named, key=lambda n: -named[n].numel()):
                 g = grads.pop(name, None)
-                virtual.update(virtual_step(optimizer, {name: p}, {} if g is None else {name: g}, slots))
+                done.update(virtual_step(optimizer, {name: named[name]}, {} if g is None else {name: g}, slots))
                 del g
+            virtual = {name: done[name] for name in named}
+            del done
             return closure(virtual).detach().to(weights.dtype)
 
     def _update(self, f: Tensor, perturbed: Tensor, base: Tensor | None, direction: Tensor) -> None:

@@ -30,6 +30,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--hidden", type=int, default=None, help="mlp hidden width (default 512)")
     p.add_argument("--depth", type=int, default=None, help="mlp hidden layers (default 3)")
     p.add_argument("--batch-size", type=int, default=None, help="default 256 (mlp) / 128 (qm9)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's, = cores)")
     p.add_argument("--out", default="runs/bench", help="directory for the CSV, Markdown and PNG")
     p.set_defaults(func=bench_command)
 
@@ -57,6 +58,10 @@ def bench_command(args: argparse.Namespace) -> int:
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1")
     ks = parse_ks(args.ks)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError("--threads must be >= 1")
+        torch.set_num_threads(args.threads)
     if args.model == "qm9" and args.ks != "2,8,32,128,512,1024":
         print("balancebench bench: --model qm9 has K = 11 tasks; --ks is ignored", file=sys.stderr)
     variants = cost.select_variants(args.balancers, two_point=not args.no_two_point)

@@ -64,7 +64,7 @@ from balancers import balancer_info, list_balancers
 
 #: the synthetic MLP of the ``mlp`` model (see docs/cost.md): input 32, 3 hidden layers of 512, batch 256
 MLP = {"input_dim": 32, "hidden": 512, "depth": 3, "batch_size": 256}
-QM9 = {"subset": 2048, "batch_size": 128, "dim": 64}
+QM9 = {"subset": 2048, "batch_size": 32, "dim": 64}
 DEFAULT_KS = (2, 8, 32, 128, 512, 1024)
 OK_MAX_K = 128
 BASELINE = "(uniform baseline)"

@@ -23,13 +23,16 @@ def run_demo(overrides: dict[str, Any] | None = None, progress: bool = True) -> 
     from experiments.study_config import load_study_config
 
     outcome = run_study(load_study_config(DEMO_CONFIG, overrides), progress=progress)
-    report_hook(outcome)
+    report = report_hook(outcome)
+    if getattr(report, "path", None) is not None:
+        outcome.files["report"] = Path(report.path)
     return outcome
 
 
-def report_hook(outcome: Any) -> Path | None:
+def report_hook(outcome: Any) -> Any:
     """HOOK for the analysis issue: when ``analysis.report`` defines ``report(...)``, the demo calls
-    it with the study's storage URL, study name and results directory (adapt the call here)."""
+    it with the study's storage URL, study name and results directory (adapt the call here);
+    returns its result (``.path``: the report file) or None when the module does not exist."""
     try:
         module = importlib.import_module("analysis.report")
     except ModuleNotFoundError as exc:

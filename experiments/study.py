@@ -68,7 +68,11 @@ class StudyOutcome:
 
 
 def run_study(cfg: StudyConfig, *, progress: bool = True, verbose: bool | None = None) -> StudyOutcome:
-    """Search, rerun and tabulate; ``cfg.workers`` processes share the storage (1: in-process)."""
+    """Search, rerun and tabulate; ``cfg.workers`` processes share the storage (1: in-process).
+
+    Worker processes are started with ``spawn``: a script that calls this with ``workers > 1``
+    needs the usual ``if __name__ == "__main__":`` guard.
+    """
     started = time.perf_counter()
     verbose = progress if verbose is None else verbose
     plan = make_plan(cfg)
@@ -78,10 +82,11 @@ def run_study(cfg: StudyConfig, *, progress: bool = True, verbose: bool | None =
         setup_studies(plan, storage, lock)
         monitor = StudyProgress(plan, storage, enabled=progress)
         try:
-            if cfg.workers == 1:
-                Worker(plan, 0, storage, lock, print_line if verbose else None).run()
-            else:
+            if cfg.workers > 1:
                 _run_processes(plan, cfg.workers, verbose)
+            # in-process: the whole study; after worker processes: a check that normally finds
+            # nothing left, and otherwise finishes what a killed worker left (its trial re-queued)
+            Worker(plan, 0, storage, lock, print_line if verbose else None).run()
         finally:
             monitor.close()
     results = results_table(storage, plan.group)
@@ -180,8 +185,9 @@ def _run_processes(plan: StudyPlan, workers: int, verbose: bool) -> None:
     killed = [p for p in procs if p.exitcode not in (0, None)]
     if any(p.exitcode == 130 for p in killed):
         raise KeyboardInterrupt
-    for proc in killed:  # e.g. killed by the OOM killer: the others re-ran its trial
-        print_line(f"balancebench: warning: {proc.name} exited with code {proc.exitcode}; its trial was re-queued")
+    for proc in killed:  # e.g. killed by the OOM killer: its trial is re-queued and run again
+        print_line(f"balancebench: warning: {proc.name} exited with code {proc.exitcode}; "
+                   "its unfinished trial is re-queued")
 
 
 # ---------------------------------------------------------------------------------- progress

@@ -74,7 +74,9 @@ def collect(storage: BaseStorage, group: str | None, label: str) -> tuple[str, l
         rerun = reruns.get(f"{group}/{method}/rerun-t{best.number}") if best else None
         if best is not None:
             best_of[method] = best.number
-        out.append(MethodData(method, budget, within, len(trials) - len(counted_trials(trials)), best,
+        counted = {t.number for t in counted_trials(trials)}
+        requeued = sum(t.state == TrialState.FAIL and t.number not in counted for t in trials)
+        out.append(MethodData(method, budget, within, requeued, best,
                               _trials(storage, rerun) if rerun else [], dict(rerun.user_attrs) if rerun else {}))
     searched = {m.method for m in out}
     for study in reruns.values():
@@ -203,7 +205,8 @@ def render(results: pd.DataFrame, fmt: str = "md") -> str:
     if fmt == "latex":
         marker = "PLUSMINUSMARK"
         shown = display_table(results, pm=f" {marker} ")
-        text = shown.to_latex(index=False, escape=True) + "\n" + budget.to_latex(index=False, escape=True)
+        text = (shown.to_latex(index=False, escape=True) + "\n"
+                + budget.to_latex(index=False, escape=True, float_format="%.1f"))
         return text.replace(marker, r"$\pm$").replace("Δ", r"$\Delta$")
     if fmt != "md":
         raise UserError(f"unknown format {fmt!r}; valid: md, csv, latex")

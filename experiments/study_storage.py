@@ -78,6 +78,7 @@ def open_storage(url: str) -> BaseStorage:
                 return JournalStorage(JournalFileBackend(str(path)))
             except OSError as exc:
                 raise UserError(f"cannot open journal storage {path}: {exc.strerror or exc}") from None
+        shown, url = mask_url(url), _with_driver(url)
         engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
         if url.startswith("sqlite"):
             engine_kwargs = {"connect_args": {"timeout": 60}}
@@ -85,11 +86,23 @@ def open_storage(url: str) -> BaseStorage:
             return RDBStorage(
                 url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
-        except ModuleNotFoundError as exc:
-            raise UserError(f"cannot open storage {mask_url(url)}: missing driver {exc.name!r} "
+        except ImportError:
+            raise UserError(f"cannot open storage {shown}: its database driver is not installed "
                             "(for PostgreSQL: pip install 'balancebench[postgres]')") from None
         except Exception as exc:  # sqlalchemy errors: unreachable host, bad credentials, bad URL
-            raise UserError(f"cannot open storage {mask_url(url)}: {_one_line(exc, url)}") from None
+            raise UserError(f"cannot open storage {shown}: {_one_line(exc, url)}") from None
+
+
+def _with_driver(url: str) -> str:
+    """``postgresql://`` means psycopg 3 to SQLAlchemy 2.1; use psycopg2 when only it is installed."""
+    scheme, rest = url.split("://", 1)
+    if scheme not in ("postgresql", "postgres"):
+        return url
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+        return f"postgresql+psycopg2://{rest}"
+    return url
 
 
 def default_storage_url(out: str | Path, group: str) -> str:
@@ -231,10 +244,6 @@ def _awaiting_retry(trial: FrozenTrial) -> bool:
 def budget_trials(trials: Sequence[FrozenTrial], budget: int) -> list[FrozenTrial]:
     """The first ``budget`` counted trials: the only ones results may select from."""
     return counted_trials(trials)[:budget]
-
-
-def unfinished(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
-    return [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
 
 
 # ------------------------------------------------------------------------------ dead workers

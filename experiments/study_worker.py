@@ -32,7 +32,6 @@ from experiments.study_storage import (
     BudgetLock,
     counted_trials,
     reap_dead_trials,
-    unfinished,
     worker_identity,
 )
 
@@ -120,15 +119,19 @@ class Worker:
 
     def _guard(self, study: optuna.Study, budget: int, objective: Callable[[Trial], float], trial: Trial) -> float:
         self.lock.release()  # the trial exists: other workers may count it now
-        trial.set_user_attr("worker", worker_identity())
-        trial.set_user_attr("failure_kind", None)
-        trial.set_user_attr("fail_reason", None)
-        if not self.lock.exact:
-            numbers = [t.number for t in counted_trials(study.get_trials(deepcopy=False))]
-            if trial.number in numbers and numbers.index(trial.number) >= budget:
-                self._fail(trial, "over_budget", "created past the budget by a concurrent worker")
-                raise OverBudgetError("over budget")
-        return objective(trial)
+        try:
+            trial.set_user_attr("worker", worker_identity())
+            trial.set_user_attr("failure_kind", None)  # a retry inherits its original's attributes
+            trial.set_user_attr("fail_reason", None)
+            if not self.lock.exact:
+                numbers = [t.number for t in counted_trials(study.get_trials(deepcopy=False))]
+                if trial.number in numbers and numbers.index(trial.number) >= budget:
+                    self._fail(trial, "over_budget", "created past the budget by a concurrent worker")
+                    raise OverBudgetError("over budget")
+            return objective(trial)
+        except KeyboardInterrupt:  # not the method's fault: re-queued, not counted
+            self._fail(trial, "interrupted", "interrupted (Ctrl-C/SIGTERM); re-queued with the same parameters")
+            raise
 
     # ----------------------------------------------------------------------------- search
     def _search_objective(self, method: str, trial: Trial) -> float:
@@ -174,7 +177,7 @@ class Worker:
         return self._claim(study, len(study.user_attrs["seeds"]), objective)
 
     def _derived_step(self, method: str, source: str, best: FrozenTrial) -> str:
-        from experiments.extract import EpochWeights, ema_extract
+        from experiments.extract import WEIGHTS_JSON, EpochWeights, ema_extract
 
         plan = self.plan
         state = self._rerun_step(source)
@@ -191,9 +194,11 @@ class Worker:
         extra = {"weights": extracted.weights, "weights_tasks": extracted.tasks,
                  "weights_source_runs": extracted.sources, "ema": plan.cfg.ema, "source_method": source}
         shared = plan.shared_values(best.params)
+        study = self._rerun_study(method, best.number, shared, extra)
+        weights = study.user_attrs["weights"]  # the stored ones: the same on every machine
         out = plan.rerun_dir(method, best.number, 0).parent
-        study = self._rerun_study(method, best.number, shared, extra, on_create=lambda: extracted.write(out))
-        weights = study.user_attrs["weights"]  # the stored ones: identical on every machine
+        if not (out / WEIGHTS_JSON).is_file():  # here or on the machine that created the study
+            extracted.write(out)
         objective = functools.partial(self._rerun_objective, method, "fixed", best.number, shared,
                                       {"weights": weights})
         return self._claim(study, len(study.user_attrs["seeds"]), objective)
@@ -203,8 +208,7 @@ class Worker:
             self._said.add(msg)
             self.say(msg)
 
-    def _rerun_study(self, method: str, source_trial: int, params: dict[str, Any], extra: dict[str, Any],
-                     on_create: Callable[[], None] | None = None) -> optuna.Study:
+    def _rerun_study(self, method: str, source_trial: int, params: dict[str, Any], extra: dict[str, Any]) -> optuna.Study:
         plan = self.plan
         name = plan.rerun_study_name(method, source_trial)
         seeds = list(plan.cfg.rerun_seeds)
@@ -216,8 +220,6 @@ class Worker:
                          "params": params, "protocol_hash": plan.protocol_hash, **extra}
                 for key, value in attrs.items():
                     study.set_user_attr(key, value)
-                if on_create is not None:
-                    on_create()
             queued = {t.params.get("seed", t.system_attrs.get("fixed_params", {}).get("seed"))
                       for t in study.get_trials(deepcopy=False)}
             for seed in seeds:
@@ -278,9 +280,6 @@ class Worker:
         except optuna.TrialPruned as exc:
             self.say(f"[{label}] pruned: {exc}")
             raise
-        except KeyboardInterrupt:
-            self._fail(trial, "interrupted", "interrupted (Ctrl-C/SIGTERM); re-queued with the same parameters")
-            raise
         except Exception as exc:
             self._fail(trial, "error", f"{type(exc).__name__}: {exc}")
             raise
@@ -311,7 +310,10 @@ def _short(params: dict[str, Any]) -> str:
 def _fresh_dir(path: Path) -> Path:
     """A search trial's directory; leftovers from another storage are moved aside, never deleted."""
     if path.exists() and any(path.iterdir()):
-        path.rename(path.with_name(f"{path.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}"))
+        stamp, n = time.strftime("%Y%m%d-%H%M%S"), 0
+        while (aside := path.with_name(f"{path.name}.stale-{stamp}" + (f"-{n}" if n else ""))).exists():
+            n += 1
+        path.rename(aside)
     return path
 
 

@@ -225,7 +225,6 @@ def test_diverging_trial_is_failed_with_reason_and_the_study_goes_on(tmp_path):
     assert row["failed"] >= 1 and "t0: diverged" in row["note"]
 
 
-@pytest.mark.slow
 def test_two_workers_on_the_default_storage_use_exactly_the_budget(tmp_path):
     cfg = study_cfg(tmp_path, methods=["uniform", "famo"], n_trials=4, rerun_seeds=[0, 1], workers=2)
     outcome = run_study(cfg, progress=False)
@@ -309,3 +308,36 @@ def test_hyperband_pruner_is_used_for_every_method(tmp_path):
     protocols = [load(cfg, f"{GROUP}/{m}").user_attrs["protocol"]["pruner"] for m in ("uniform", "si")]
     assert protocols[0] == protocols[1] and protocols[0]["name"] == "hyperband"
     assert all(len(load(cfg, f"{GROUP}/{m}").trials) == 3 for m in ("uniform", "si"))
+
+
+def test_finished_rerun_directories_are_reused_and_stale_trial_dirs_kept(tmp_path):
+    cfg = study_cfg(tmp_path, methods=["uniform"], n_trials=2, rerun_seeds=[0])
+    first = run_study(cfg, progress=False)
+    best = int(first.results.loc[0, "best_trial"])
+    rerun_dir = Path(cfg.out) / GROUP / "uniform" / f"rerun_t{best}" / "seed_0"
+    stamp = (rerun_dir / "summary.json").stat().st_mtime_ns
+    # the same study on a new storage (e.g. the journal was deleted): the search runs again
+    # (deterministic, so the same best trial), the old trial directories are moved aside, and the
+    # finished rerun of the same config is re-used instead of re-trained
+    again = run_study(study_cfg(tmp_path, methods=["uniform"], n_trials=2, rerun_seeds=[0],
+                                storage=str(tmp_path / "other.journal")), progress=False)
+    assert int(again.results.loc[0, "best_trial"]) == best
+    assert (rerun_dir / "summary.json").stat().st_mtime_ns == stamp
+    assert again.results.loc[0, "test_delta_m_mean"] == pytest.approx(first.results.loc[0, "test_delta_m_mean"])
+    assert len(list((Path(cfg.out) / GROUP / "uniform").glob("trial_0.stale-*"))) == 1
+
+
+def test_demo_config_is_the_fair_default_study():
+    from experiments.demo import DEMO_CONFIG
+    from experiments.study_plan import make_plan
+
+    plan = make_plan(load_study_config(DEMO_CONFIG))
+    assert plan.cfg.methods == ["uniform", "si", "rlw", "famo", "marigold", "fixed_from_famo"]
+    assert plan.searched == ["uniform", "si", "rlw", "famo", "marigold"] and plan.derived == {"fixed_from_famo": "famo"}
+    assert plan.protocol["benchmark"] == "multimnist" and plan.protocol["variant"] == "CL_RR"
+    assert set(plan.protocol["shared_space"]) == {"lr", "weight_decay", "dropout"}
+    assert plan.first_trial["famo"]["gamma"] == 1e-3 and plan.fixed_hparams["famo"] == {"w_lr": 0.025}
+    assert plan.first_trial["marigold"]["beta"] == 1.0 and plan.fixed_hparams["marigold"] == {"r": 1e-3}
+    assert plan.first_trial["rlw"]["distribution"] == "normal"
+    assert all(plan.first_trial[m]["lr"] == plan.base.train.lr for m in plan.searched)
+    assert plan.spaces["famo"]["gamma"].choices == [1e-4, 1e-3, 1e-2]

@@ -1,0 +1,222 @@
+"""The seven checks behind ``balancebench claims``. Each takes the run launcher
+(:class:`analysis.claim_runs.ClaimRuns`), gets its runs (trained or reused), reads the run
+directories and returns ``(measured numbers as text, seeds as text, Verdict)``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from analysis.claim_runs import SYNTHETIC_SETTINGS, ClaimRuns
+from analysis.gradients import mean_cosine
+from analysis.runs import load_run, run_frame
+from analysis.tables import format_pm, mean_se
+from analysis.verdicts import (MIN_SEEDS, INCONCLUSIVE, Verdict, bootstrap_equivalent, combine, correlation,
+                               threshold, welch_better)
+from experiments import rundir
+
+Outcome = tuple[str, str, Verdict]
+
+#: Δm% points within which two methods "match" / "perform comparably" (F3, F4)
+EQUIVALENCE_MARGIN = 2.0
+#: "weights stay near 0.5" (F3): every epoch-mean normalised weight within 0.5 ± this
+WEIGHT_TOLERANCE = 0.1
+#: Prop. 6 (F6): the largest |w_i − 1/K| over 1,000 steps with equal losses
+SYMMETRY_TOLERANCE = 1e-6
+#: ... and the control (unequal losses) must move the weights by at least this
+CONTROL_MIN_DEVIATION = 1e-3
+
+
+# ------------------------------------------------------------------------------ helpers
+def delta_ms(dirs: Sequence[Path]) -> list[float]:
+    """Test Δm% of each run (its own reference; see analysis.runs.reference_for)."""
+    return list(run_frame([load_run(d) for d in dirs])["delta_m"]) if dirs else []
+
+
+def reference_kind(dirs: Sequence[Path]) -> str:
+    return ", ".join(sorted(set(run_frame([load_run(d) for d in dirs])["reference"]))) if dirs else "?"
+
+
+def pm(values: Sequence[float]) -> str:
+    return format_pm(*mean_se(values))
+
+
+def seeds_text(runs: ClaimRuns) -> str:
+    return f"{len(runs.seeds)} ({', '.join(map(str, runs.seeds))})"
+
+
+def mm_dirs(runs: ClaimRuns, variant: str, method: str) -> list[Path]:
+    """Multi-MNIST runs of one variant and method over the seeds; uniform runs carry the cosine
+    probe (F5). Every claim asks for them the same way, so they are trained once and shared."""
+    if method == "fixed_from_famo":
+        raise ValueError("fixed_from_famo runs come from check_f4")
+    return [runs.run("multimnist", method, s, variant=variant, cosine=method == "uniform") for s in runs.seeds]
+
+
+def normalised_weights(run_dir: Path, source: str) -> pd.DataFrame:
+    """The run's weights (``source`` = steps or epochs (epoch >= 1)), rows normalised to sum 1."""
+    record = load_run(run_dir)
+    table = rundir.read_table(run_dir, rundir.STEPS) if source == "steps" else record.metrics().query("epoch > 0")
+    w = table[[f"weight_{t}" for t in record.tasks]].astype(float)
+    return w.div(w.sum(axis=1), axis=0)
+
+
+# ------------------------------------------------------------------------------ F1
+def check_f1(runs: ClaimRuns, toy_dir: str | Path | None = None) -> Outcome:
+    from experiments.toy_runs import PARETO_TOLERANCE
+
+    table = runs.toy(toy_dir)
+    famo, uniform = table[table["balancer"] == "famo"], table[table["balancer"] == "uniform"]
+    reached = int(famo["reached_front"].sum())
+    failed = int((~uniform["reached_front"].astype(bool)).sum())
+    measured = (f"FAMO on the front from {reached}/{len(famo)} starts (max distance {famo['pareto_distance'].max():.3g}); "
+                f"uniform+Adam fails from {failed}/{len(uniform)} (max distance {uniform['pareto_distance'].max():.3g}); "
+                f"tolerance {PARETO_TOLERANCE} (normalised distance)")
+    verdict = combine([
+        ("FAMO reaches the front from all 5 starts", threshold(reached, 5, at_most=False, what="FAMO starts on the front")),
+        ("uniform fails from >= 1 start", threshold(failed, 1, at_most=False, what="uniform starts off the front")),
+    ])
+    verdict.test = f"count of final loss pairs within normalised distance {PARETO_TOLERANCE} of the Pareto front"
+    return measured, f"5 starts (deterministic) x {len(table['balancer'].unique())} methods", verdict
+
+
+# ------------------------------------------------------------------------------ F2
+def check_f2(runs: ClaimRuns) -> Outcome:
+    dirs = {m: [runs.run("qm9", m, s) for s in runs.seeds] for m in ("uniform", "famo")}
+    values = {m: delta_ms(d) for m, d in dirs.items()}
+    verdict = welch_better(values["famo"], values["uniform"], names=("famo", "uniform"))
+    measured = (f"test Δm% famo {pm(values['famo'])} vs uniform {pm(values['uniform'])} "
+                f"(reference: {reference_kind(dirs['famo'])}; paper: 58.5 vs 177.6 against STL)")
+    return measured, seeds_text(runs), verdict
+
+
+# ------------------------------------------------------------------------------ F3
+def famo_weight_std(run_dir: Path) -> float:
+    """Standard deviation over logged steps of FAMO's normalised weight of task 0."""
+    return float(normalised_weights(run_dir, "steps").iloc[:, 0].std(ddof=1))
+
+
+def check_f3(runs: ClaimRuns) -> Outcome:
+    parts: list[tuple[str, Verdict]] = []
+    text: list[str] = []
+    famo_std: dict[str, list[float]] = {}
+    for variant in ("CL_CR", "RL_RR"):
+        base = delta_ms(mm_dirs(runs, variant, "uniform"))
+        text.append(f"{variant}: Δm% uniform {pm(base)}")
+        for method in runs.plan.balancers:
+            dirs = mm_dirs(runs, variant, method)
+            values = delta_ms(dirs)
+            text.append(f"{method} {pm(values)}")
+            parts.append((f"{variant} {method} ≈ uniform", bootstrap_equivalent(values, base, EQUIVALENCE_MARGIN,
+                                                                                names=(method, "uniform"))))
+            if method == "famo":
+                famo_std[variant] = [famo_weight_std(d) for d in dirs]
+                continue
+            worst = max(float((normalised_weights(d, "epochs").iloc[:, 0] - 0.5).abs().max()) for d in dirs)
+            text.append(f"{method} max|w−0.5| {worst:.3g}")
+            parts.append((f"{variant} {method} weights near 0.5",
+                          threshold(worst, WEIGHT_TOLERANCE, what=f"max |epoch weight − 0.5| of {method}")))
+    if len(famo_std) == 2:
+        text.append(f"FAMO step-weight std CL_CR {pm(famo_std['CL_CR'])} vs RL_RR {pm(famo_std['RL_RR'])}")
+        parts.append(("FAMO unstable on CL_CR", welch_better(famo_std["CL_CR"], famo_std["RL_RR"], lower_is_better=False,
+                                                             names=("std CL_CR", "std RL_RR"))))
+    return "; ".join(text), seeds_text(runs), combine(parts)
+
+
+# ------------------------------------------------------------------------------ F4
+def check_f4(runs: ClaimRuns) -> Outcome:
+    from experiments.extract import extract_weights
+
+    famo_dirs = mm_dirs(runs, "CL_RR", "famo")
+    extracted = extract_weights(famo_dirs, ema=0.9, out=runs.root / "extracted" / "multimnist-CL_RR")
+    weights = [round(w, 6) for w in extracted.weights]
+    fixed_dirs = [runs.run("multimnist", "fixed", s, variant="CL_RR", name="fixed_from_famo",
+                           hparams={"weights": weights}) for s in runs.seeds]
+    famo, fixed = delta_ms(famo_dirs), delta_ms(fixed_dirs)
+    verdict = bootstrap_equivalent(fixed, famo, EQUIVALENCE_MARGIN, names=("fixed_from_famo", "famo"))
+    measured = (f"Multi-MNIST CL_RR: EMA(0.9) weights {weights} from FAMO's runs; test Δm% fixed {pm(fixed)} "
+                f"vs famo {pm(famo)} (reference: {reference_kind(famo_dirs)})")
+    return measured, seeds_text(runs), verdict
+
+
+# ------------------------------------------------------------------------------ F5
+def gain_point(runs: ClaimRuns, label: str, dirs_of: Any) -> dict[str, Any]:
+    uniform_dirs = dirs_of("uniform")
+    base = float(np.mean(delta_ms(uniform_dirs)))
+    best = min(float(np.mean(delta_ms(dirs_of(m)))) for m in runs.plan.balancers)
+    cos = [mean_cosine(d) for d in uniform_dirs]
+    return {"setting": label, "mean_cosine": float(np.nanmean(cos)) if any(map(math.isfinite, cos)) else math.nan,
+            "gain": base - best}
+
+
+def check_f5(runs: ClaimRuns) -> Outcome:
+    points = [gain_point(runs, f"multimnist/{v}", lambda m, v=v: mm_dirs(runs, v, m)) for v in ("CL_RR", "CL_CR", "RL_RR")]
+    for label, corr, conflict in SYNTHETIC_SETTINGS:
+        extra = {"benchmark": {"options": {"correlation": corr, "conflict": conflict}}}
+        points.append(gain_point(runs, f"synthetic/{label}", lambda m, e=extra: [
+            runs.run("synthetic", m, s, extra=e, cosine=m == "uniform") for s in runs.seeds]))
+    frame = pd.DataFrame(points)
+    rundir.write_table(runs.root / "f5_points.csv", frame)
+    verdict = correlation(frame["mean_cosine"], frame["gain"], negative=True)
+    if len(runs.seeds) < MIN_SEEDS:
+        verdict = Verdict(INCONCLUSIVE, verdict.test, f"too few seeds: each point is a mean of {len(runs.seeds)} "
+                          f"(need >= {MIN_SEEDS}); the correlation alone: {verdict.verdict} ({verdict.reason})",
+                          verdict.numbers)
+    shown = ", ".join(f"{p['setting']} (cos {p['mean_cosine']:.2f}, gain {p['gain']:.2f})" for p in points)
+    r = verdict.numbers.get("r", math.nan)
+    measured = (f"r(mean cosine, gain of the best of {'/'.join(runs.plan.balancers)} over uniform in Δm% points) = "
+                f"{r:.3f} over {len(points)} settings: {shown}")
+    return measured, seeds_text(runs), verdict
+
+
+# ------------------------------------------------------------------------------ F6
+def check_f6(runs: ClaimRuns) -> Outcome:
+    from analysis.symmetry import famo_max_weight_deviation
+
+    steps, k = 1000, 4
+    equal = famo_max_weight_deviation(n_tasks=k, steps=steps, equal_losses=True)
+    control = famo_max_weight_deviation(n_tasks=k, steps=steps, equal_losses=False)
+    measured = (f"K={k}, {steps} steps, identical heads and targets: max |w_i − 1/K| = {equal:.3g}; "
+                f"control with unequal losses: {control:.3g}")
+    check = threshold(equal, SYMMETRY_TOLERANCE, what="max |w_i − 1/K| with equal losses")
+    if control < CONTROL_MIN_DEVIATION:
+        verdict = Verdict(INCONCLUSIVE, check.test, f"the control moved the weights by only {control:.3g} "
+                          f"(< {CONTROL_MIN_DEVIATION:g}): the check cannot tell", {"value": equal})
+    else:
+        verdict = check
+        verdict.reason += f"; control moved them by {control:.3g} >= {CONTROL_MIN_DEVIATION:g}"
+    verdict.test = f"numerical: max |w_i − 1/K| over {steps} steps <= {SYMMETRY_TOLERANCE:g} (control >= {CONTROL_MIN_DEVIATION:g})"
+    return measured, "1 (deterministic)", verdict
+
+
+# ------------------------------------------------------------------------------ F7
+def time_and_best(run_dir: Path) -> tuple[float, pd.DataFrame]:
+    """(mean seconds per training epoch, epochs with cumulative training seconds and val objective)."""
+    metrics = load_run(run_dir).metrics().sort_values("epoch")
+    seconds = metrics["epoch_seconds"].fillna(0.0).astype(float)
+    curve = pd.DataFrame({"elapsed": seconds.cumsum().to_numpy(), "objective": metrics["val_objective"].to_numpy()})
+    return float(seconds[metrics["epoch"] > 0].mean()), curve
+
+
+def best_within(curve: pd.DataFrame, budget: float) -> float:
+    return float(curve.loc[curve["elapsed"] <= budget + 1e-9, "objective"].min())
+
+
+def check_f7(runs: ClaimRuns) -> Outcome:
+    dirs = {m: mm_dirs(runs, "CL_RR", m) for m in ("famo", "marigold")}
+    timing = {m: [time_and_best(d) for d in ds] for m, ds in dirs.items()}
+    per_epoch = {m: [t for t, _ in v] for m, v in timing.items()}
+    budget = min(float(c["elapsed"].iloc[-1]) for v in timing.values() for _, c in v)
+    best = {m: [best_within(c, budget) for _, c in v] for m, v in timing.items()}
+    verdict = combine([
+        ("faster per epoch", welch_better(per_epoch["marigold"], per_epoch["famo"], names=("marigold s/epoch", "famo s/epoch"))),
+        ("better at equal wall time", welch_better(best["marigold"], best["famo"], names=("marigold", "famo"))),
+    ])
+    measured = (f"Multi-MNIST CL_RR: s/epoch marigold {pm(per_epoch['marigold'])} vs famo {pm(per_epoch['famo'])}; "
+                f"best val Δm% within {budget:.3g} s of training: marigold {pm(best['marigold'])} vs famo {pm(best['famo'])}")
+    return measured, seeds_text(runs), verdict

@@ -1,0 +1,151 @@
+"""The runs the claims need, per scale, launched through experiments' public functions
+(``experiments.trainer.train``, ``experiments.toy_runs.run_toy``) or reused when a finished run
+directory with the same name already exists under ``--out``. Analysis itself only reads them.
+
+Scales:
+
+* ``tiny``: 2 seeds and the benchmark configs' ``tiny`` scale with minimal epochs (CI time;
+  every seed-level verdict is then "inconclusive: too few seeds", by design).
+* ``small``: 3 seeds, CPU-sized (under an hour on 2 cores in total; QM9 on a 1,000-molecule
+  subset for 2 epochs).
+* ``full``: 3 seeds (seed 000 Table 2 / seed 004 Fig. 3) at the configs' ``full`` scale (the
+  papers' settings; meant for a GPU).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from balancers import balancer_info
+from experiments import rundir
+from experiments.config import CONFIG_DIR, deep_merge, load_run_config
+from experiments.gradients import DEFAULT_COSINE_EVERY
+
+
+@dataclass(frozen=True)
+class ScalePlan:
+    scale: str
+    seeds: tuple[int, ...]
+    #: extra overrides per benchmark config name (on top of the config's scale section)
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: balancers compared with uniform on the two-similar-tasks variants (F3) and for the gain (F5)
+    balancers: tuple[str, ...] = ("famo", "marigold")
+    cosine_every: int = DEFAULT_COSINE_EVERY
+
+
+PLANS: dict[str, ScalePlan] = {
+    "tiny": ScalePlan("tiny", (0, 1), {
+        "multimnist": {"train": {"epochs": 2, "log_every": 1}},
+        "synthetic": {"train": {"epochs": 2, "log_every": 2}},
+        "qm9": {"train": {"epochs": 1, "max_steps_per_epoch": 2, "log_every": 1}},
+    }, cosine_every=2),
+    "small": ScalePlan("small", (0, 1, 2), {
+        "multimnist": {"train": {"log_every": 4}},
+        "synthetic": {"train": {"epochs": 10, "log_every": 4}},
+        "qm9": {"benchmark": {"options": {"subset": 1000}}, "train": {"epochs": 2, "log_every": 4}},
+    }, cosine_every=10),
+    "full": ScalePlan("full", (0, 1, 2), {
+        "multimnist": {"train": {"log_every": 20}},
+        "synthetic": {"train": {"log_every": 20}},
+        "qm9": {"train": {"log_every": 20}},
+    }, balancers=("famo", "marigold", "si", "rlw"), cosine_every=DEFAULT_COSINE_EVERY),
+}
+
+#: synthetic settings for the cosine-vs-gain points (F5): (label, correlation, conflict)
+SYNTHETIC_SETTINGS = (("corr0.9", 0.9, 0.0), ("corr0.5", 0.5, 0.25), ("corr0.2", 0.2, 0.5))
+
+
+class ClaimRuns:
+    """Trains (or reuses) named runs under ``out/<scale>/runs``; returns their directories."""
+
+    def __init__(self, out: str | Path, scale: str, quiet: bool = False) -> None:
+        if scale not in PLANS:
+            from experiments.errors import UserError
+
+            raise UserError(f"unknown scale {scale!r}; valid: {', '.join(PLANS)}")
+        self.plan = PLANS[scale]
+        self.root = Path(out) / scale
+        self.quiet = quiet
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return self.plan.seeds
+
+    def say(self, text: str) -> None:
+        if not self.quiet:
+            print(f"[claims] {text}", file=sys.stderr, flush=True)
+
+    def run(self, config: str, balancer: str, seed: int, *, variant: str | None = None, name: str | None = None,
+            hparams: dict[str, Any] | None = None, extra: dict[str, Any] | None = None, cosine: bool = False) -> Path:
+        """The run directory of ``balancer`` on ``configs/<config>.yaml`` at this scale and seed.
+
+        Stochastic balancers get ``seed`` as their own seed too (independent draws per run seed).
+        ``cosine`` switches the trainer's task-gradient probe on (uniform runs for F5)."""
+        from experiments.trainer import train
+
+        label = name or balancer
+        setting = config + (f"-{variant}" if variant else "") + (f"-{extra_name(extra)}" if extra else "")
+        run_dir = self.root / "runs" / setting / label / f"seed_{seed}"
+        hp = dict(hparams or {})
+        if balancer_info(balancer).stochastic:
+            hp.setdefault("seed", seed)
+        overrides: dict[str, Any] = {"balancer": {"name": balancer, "hparams": hp}, "seed": seed,
+                                     "train": {"progress": False, "cosine_every": self.plan.cosine_every if cosine else 0}}
+        if variant:
+            overrides["benchmark"] = {"variant": variant}
+        overrides = deep_merge(deep_merge(self.plan.overrides.get(config, {}), extra or {}), overrides)
+        stl = self.root / "stl" / setting / "stl_reference.json"
+        if stl.is_file():
+            overrides["reference"] = str(stl)  # STL references beat the initial-model reference
+        cfg = load_run_config(CONFIG_DIR / f"{config}.yaml", self.plan.scale, overrides)
+        if _complete(run_dir):
+            _check_same_config(run_dir, cfg)
+            return run_dir
+        self.say(f"training {setting} {label} seed {seed} -> {run_dir}")
+        train(cfg, run_dir, resume=True)
+        return run_dir
+
+    def toy(self, toy_dir: str | Path | None = None) -> Any:
+        """FAMO Fig. 1 runs (uniform and FAMO from the five starts): reused from ``toy_dir`` (e.g.
+        ``balancebench toy --out DIR``) when given, else trained under ``out/<scale>/toy``."""
+        from experiments.toy_runs import run_toy
+
+        out = Path(toy_dir) if toy_dir else self.root / "toy"
+        self.say(f"toy runs (uniform, famo x 5 starts) in {out}")
+        return run_toy(["uniform", "famo"], scale="tiny" if self.plan.scale == "tiny" else self.plan.scale,
+                       out=out, progress=False, workers=2)
+
+
+def extra_name(extra: dict[str, Any] | None) -> str:
+    options = (extra or {}).get("benchmark", {}).get("options", {})
+    return "_".join(f"{k}{v}" for k, v in sorted(options.items())) or "custom"
+
+
+def _complete(run_dir: Path) -> bool:
+    path = Path(run_dir) / rundir.SUMMARY
+    if not path.is_file():
+        return False
+    try:
+        return json.loads(path.read_text()).get("status") == "complete"
+    except json.JSONDecodeError:
+        return False
+
+
+def _check_same_config(run_dir: Path, cfg: Any) -> None:
+    """A reused run must have been trained with the config asked for now (else stale results)."""
+    from experiments.config import to_dict
+    from experiments.errors import UserError
+    from experiments.trainer import load_run_dir_config
+
+    def comparable(c: Any) -> dict[str, Any]:
+        data = to_dict(c)
+        data["train"] = {k: v for k, v in data["train"].items() if k not in ("progress", "num_threads", "device")}
+        return data
+
+    if comparable(load_run_dir_config(run_dir)) != comparable(cfg):
+        raise UserError(f"{run_dir} was trained with a different configuration than the claims now ask for; "
+                        "remove it (or choose another --out) to re-run it")
