@@ -14,7 +14,7 @@ import pandas as pd
 
 from analysis.claim_runs import SYNTHETIC_SETTINGS, ClaimRuns
 from analysis.gradients import mean_cosine
-from analysis.runs import load_run, run_frame
+from analysis.runs import epoch_seconds, load_run, run_frame
 from analysis.tables import format_pm, mean_se
 from analysis.verdicts import (MIN_SEEDS, INCONCLUSIVE, Verdict, bootstrap_equivalent, combine, correlation,
                                threshold, welch_better)
@@ -196,11 +196,13 @@ def check_f6(runs: ClaimRuns) -> Outcome:
 
 # ------------------------------------------------------------------------------ F7
 def time_and_best(run_dir: Path) -> tuple[float, pd.DataFrame]:
-    """(mean seconds per training epoch, epochs with cumulative training seconds and val objective)."""
-    metrics = load_run(run_dir).metrics().sort_values("epoch")
-    seconds = metrics["epoch_seconds"].fillna(0.0).astype(float)
+    """(mean seconds per training epoch, epochs with cumulative training seconds and val
+    objective; epoch 0, the untrained model, at 0 s). Probe time is not training time."""
+    record = load_run(run_dir)
+    metrics = record.metrics().sort_values("epoch").set_index("epoch")
+    seconds = epoch_seconds(record).reindex(metrics.index).fillna(0.0)
     curve = pd.DataFrame({"elapsed": seconds.cumsum().to_numpy(), "objective": metrics["val_objective"].to_numpy()})
-    return float(seconds[metrics["epoch"] > 0].mean()), curve
+    return float(seconds[seconds.index > 0].mean()), curve
 
 
 def best_within(curve: pd.DataFrame, budget: float) -> float:

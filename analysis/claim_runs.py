@@ -42,12 +42,12 @@ PLANS: dict[str, ScalePlan] = {
         "multimnist": {"train": {"epochs": 2, "log_every": 1}},
         "synthetic": {"train": {"epochs": 2, "log_every": 2}},
         "qm9": {"train": {"epochs": 1, "max_steps_per_epoch": 2, "log_every": 1}},
-    }, cosine_every=2),
+    }, cosine_every=4),
     "small": ScalePlan("small", (0, 1, 2), {
         "multimnist": {"train": {"log_every": 4}},
         "synthetic": {"train": {"epochs": 10, "log_every": 4}},
         "qm9": {"benchmark": {"options": {"subset": 1000}}, "train": {"epochs": 2, "log_every": 4}},
-    }, cosine_every=10),
+    }, cosine_every=DEFAULT_COSINE_EVERY),
     "full": ScalePlan("full", (0, 1, 2), {
         "multimnist": {"train": {"log_every": 20}},
         "synthetic": {"train": {"log_every": 20}},
@@ -55,8 +55,9 @@ PLANS: dict[str, ScalePlan] = {
     }, balancers=("famo", "marigold", "si", "rlw"), cosine_every=DEFAULT_COSINE_EVERY),
 }
 
-#: synthetic settings for the cosine-vs-gain points (F5): (label, correlation, conflict)
-SYNTHETIC_SETTINGS = (("corr0.9", 0.9, 0.0), ("corr0.5", 0.5, 0.25), ("corr0.2", 0.2, 0.5))
+#: synthetic settings for the cosine-vs-gain points (F5): (label, correlation, conflict) — aligned
+#: tasks, partly related ones, and one half of the tasks pulling against the other half
+SYNTHETIC_SETTINGS = (("aligned", 1.0, 0.0), ("mixed", 0.5, 0.25), ("opposed", 1.0, 0.5))
 
 
 class ClaimRuns:

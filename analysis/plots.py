@@ -111,12 +111,13 @@ def plot_time_per_epoch(tables: Tables, out: str | Path) -> Path | None:
     frame = frame[frame["relative"].notna()] if not frame.empty else frame
     if frame.empty:
         return None
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.0 * frame["method"].nunique() + 3), 4))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.0 * frame["method"].nunique() + 3) + 3, 4))
     sns.barplot(data=frame, x="method", y="relative", hue="setting", ax=ax)
     ax.axhline(1.0, color="k", lw=0.8, ls="--")
     ax.set_ylabel("time per epoch / uniform's")
     ax.set_title("training time per epoch relative to uniform (seed 000 Fig. 4)", fontsize=10)
     ax.tick_params(axis="x", rotation=20)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="setting", title_fontsize=8)
     return save(fig, out)
 
 

@@ -40,10 +40,20 @@ class RunRecord:
         return self.summary.get("variant") or self.config.get("benchmark", {}).get("variant")
 
     @property
-    def setting(self) -> str:
-        """``benchmark`` or ``benchmark/variant`` (the unit tables and plots are made per)."""
+    def base_setting(self) -> str:
+        """``benchmark`` or ``benchmark/variant``."""
         variant = self.variant
         return self.benchmark if variant in (None, "default") else f"{self.benchmark}/{variant}"
+
+    @property
+    def setting(self) -> str:
+        """The unit tables and plots are made per: ``base_setting``, plus the benchmark options
+        that differ between the runs loaded together (see ``group_settings``)."""
+        return self.extra.get("setting") or self.base_setting
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.config.get("benchmark", {}).get("options") or {})
 
     @property
     def balancer(self) -> str:
@@ -114,8 +124,22 @@ def load_runs(paths: Iterable[str | Path], complete_only: bool = True,
     if not records:
         where = ", ".join(str(p) for p in paths) or "(none given)"
         raise UserError(f"no complete run directories found in {where}")
+    group_settings(records)
     group_methods(records)
     return records
+
+
+def group_settings(records: Sequence[RunRecord]) -> None:
+    """Runs of one benchmark/variant with different benchmark options (data sizes, synthetic
+    correlation, ...) are different settings: their label gets the options that differ."""
+    by_base: dict[str, list[RunRecord]] = {}
+    for r in records:
+        by_base.setdefault(r.base_setting, []).append(r)
+    for base, group in by_base.items():
+        differing = _differing([r.options for r in group])
+        for r in group:
+            r.extra["setting"] = base + (f"[{','.join(f'{k}={_short(r.options.get(k))}' for k in differing)}]"
+                                         if differing else "")
 
 
 def group_methods(records: Sequence[RunRecord]) -> None:
@@ -130,16 +154,26 @@ def group_methods(records: Sequence[RunRecord]) -> None:
         if r.method:
             continue
         variants = by_key[(r.setting, r.balancer)]
-        if len(variants) == 1:
+        if not _differing(list(variants.values())):
             r.method = r.balancer
             continue
-        differing = sorted(k for k in set().union(*variants.values())
-                           if len({json.dumps(v.get(k), sort_keys=True) for v in variants.values()}) > 1)
+        differing = _differing(list(variants.values()))
         r.method = f"{r.balancer}[{','.join(f'{k}={_short(r.hparams.get(k))}' for k in differing)}]"
 
 
 def _hp_key(hparams: dict[str, Any]) -> str:
     return json.dumps(hparams, sort_keys=True, default=str)
+
+
+#: hyperparameters that are a run's randomness, not its method (stochastic balancers' own seed)
+NOT_A_METHOD = ("seed",)
+
+
+def _differing(dicts: Sequence[dict[str, Any]]) -> list[str]:
+    """Keys whose values differ between the dicts (a missing key counts as a value)."""
+    keys = set().union(*dicts) if dicts else set()
+    return sorted(k for k in keys if k not in NOT_A_METHOD
+                  and len({json.dumps(d.get(k), sort_keys=True, default=str) for d in dicts}) > 1)
 
 
 def _short(value: Any) -> str:
@@ -216,7 +250,7 @@ def run_frame(records: Sequence[RunRecord], reference: str = "auto", split: str 
             "balancer": r.balancer, "seed": r.seed, "split": used, "reference": kind,
             "delta_m": delta_m(values, specs, ref),
             "best_val_objective": r.summary.get("best_val_objective"),
-            "epoch_seconds": r.summary.get("epoch_seconds_mean"),
+            "epoch_seconds": float(epoch_seconds(r).mean()),
             "step_seconds": r.summary.get("step_seconds_median"),
             "run_dir": str(r.run_dir),
         }
@@ -224,6 +258,23 @@ def run_frame(records: Sequence[RunRecord], reference: str = "auto", split: str 
         row.update({f"change_{task}": v for task, v in task_changes(values, specs, ref, r.tasks or None).items()})
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def epoch_seconds(record: RunRecord) -> pd.Series:
+    """Training seconds of each trained epoch (metrics.csv ``epoch_seconds``) without the time the
+    task-gradient probe took inside it (cosine.csv; a probe row's ``epoch`` counts the epochs
+    completed before it, so it ran in epoch ``epoch + 1``): time comparisons stay fair when only
+    some runs carried the probe. Indexed by epoch."""
+    metrics = record.metrics()
+    if "epoch_seconds" not in metrics.columns:
+        return pd.Series(dtype=float)
+    trained = metrics[metrics["epoch"] > 0].set_index("epoch")["epoch_seconds"].astype(float)
+    path = Path(record.run_dir) / rundir.COSINE
+    if path.is_file():
+        probes = rundir.read_table(record.run_dir, rundir.COSINE)
+        inside = probes[probes["step"] > 0].groupby(probes["epoch"] + 1)["seconds"].sum()
+        trained = trained.sub(inside.reindex(trained.index).fillna(0.0))
+    return trained
 
 
 def task_changes(values: dict[str, float], specs: Sequence[MetricSpec], ref: dict[str, float],

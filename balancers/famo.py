@@ -83,16 +83,17 @@ class FAMO(Balancer):
 
     # --------------------------------------------------------------------------------- method
     def combine(self, losses: Tensor, closure: LossClosure | None) -> Tensor:
-        if self.update == "lagged" and self._has_prev:
-            self._update_logits(self._prev_losses, losses.detach())
         shifted = self._shifted(losses)
+        log_shifted = shifted.log()
+        if self.update == "lagged" and self._has_prev:  # log D(θ_{t+1}) is this call's, reused
+            self._update_logits(self._prev_losses, log_shifted.detach())
         z = torch.softmax(self.logits.detach(), dim=-1).to(losses.dtype)
         ratio = z / shifted.detach()
         c = ratio.sum()
         self._record(ratio / c)
         self._prev_losses.copy_(losses.detach())
         self._has_prev = True
-        return (shifted.log() * z).sum() / c
+        return (log_shifted * z).sum() / c
 
     def step(self, closure: LossClosure | None = None) -> None:
         if self.update != "same_batch":
@@ -101,7 +102,7 @@ class FAMO(Balancer):
             raise ValueError("famo: update='same_batch' needs step(closure) with the new losses on the same batch")
         with torch.no_grad():
             new_losses = closure()
-        self._update_logits(self._prev_losses, new_losses.detach())
+        self._update_logits(self._prev_losses, self._shifted(new_losses.detach()).log())
 
     def _check_range(self, losses: Tensor) -> None:
         mins = self.min_losses.to(losses.dtype)
@@ -116,8 +117,9 @@ class FAMO(Balancer):
             self._check_range(losses.detach())
         return losses - self.min_losses.to(losses.dtype) + _EPS
 
-    def _update_logits(self, prev: Tensor, new: Tensor) -> None:
-        delta = self._shifted(prev).log() - self._shifted(new).log()
+    def _update_logits(self, prev: Tensor, new_log: Tensor) -> None:
+        """One Adam step of the logits; ``new_log`` = log D(θ_{t+1}) (detached), ``prev`` = ℓ(θ_t)."""
+        delta = self._shifted(prev).log() - new_log
         # J_softmax(ξ)ᵀ δ with the very kernel autograd's softmax backward runs (same values as
         # autograd.grad of softmax), then the Adam step; both without autograd's and
         # Optimizer.step's per-call Python overhead, which exceeds this K-sized arithmetic

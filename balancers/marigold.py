@@ -119,7 +119,7 @@ class Marigold(Balancer):
     # ------------------------------------------------------------------------------ the method
     def combine(self, losses: Tensor, closure: LossClosure | None) -> Tensor:
         f = self._temperature(losses)
-        lam, _ = self._simplex(self.u, self.v, f)
+        lam = self._lambda(f)
         direction = self._direction(f)
         perturbed = lam + self.r * direction
         base = self._virtual_losses(losses, lam, closure) if self.estimator == "two_point" else None
@@ -128,7 +128,7 @@ class Marigold(Balancer):
             self._record(perturbed)
             return (perturbed.to(losses.dtype) * losses).sum()
         self._update(f, self._virtual_losses(losses, perturbed, closure), base, direction)
-        lam, _ = self._simplex(self.u, self.v, f)
+        lam = self._lambda(f)
         self._record(lam)
         return (lam.to(losses.dtype) * losses).sum()
 
@@ -169,6 +169,10 @@ class Marigold(Balancer):
             raise ValueError(
                 f"{self}: MARIGOLD's softmax temperature divides by the task losses "
                 f"(lambda = softmax(beta u / f), App. C), so every loss must be > 0; got {losses.tolist()}")
+
+    def _lambda(self, f: Tensor) -> Tensor:
+        """``softmax(beta u / f)`` alone (the first half of ``_simplex``; rho is not needed here)."""
+        return torch.softmax(self.beta * self.u / f, 0)
 
     def _simplex(self, u: Tensor, v: Tensor, f: Tensor) -> tuple[Tensor, Tensor]:
         return torch.softmax(self.beta * u / f, 0), torch.softmax(self.beta * v / f, 0)

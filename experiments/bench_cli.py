@@ -30,6 +30,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--hidden", type=int, default=None, help="mlp hidden width (default 512)")
     p.add_argument("--depth", type=int, default=None, help="mlp hidden layers (default 3)")
     p.add_argument("--batch-size", type=int, default=None, help="default 256 (mlp) / 128 (qm9)")
+    p.add_argument("--clock", choices=("wall", "process"), default="wall",
+                   help="wall: elapsed time; process: the process's CPU time (robust to other jobs on a "
+                        "shared machine when used with --threads 1)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's, = cores)")
     p.add_argument("--out", default="runs/bench", help="directory for the CSV, Markdown and PNG")
     p.set_defaults(func=bench_command)
@@ -67,18 +70,33 @@ def bench_command(args: argparse.Namespace) -> int:
     variants = cost.select_variants(args.balancers, two_point=not args.no_two_point)
     options = {k: v for k, v in (("hidden", args.hidden), ("depth", args.depth), ("batch_size", args.batch_size))
                if v is not None}
-    started = time.perf_counter()
+    started, load_before = time.perf_counter(), _load()
     frame = cost.bench(ks, model=args.model, device=args.device, repeats=args.repeats,
                        steps_per_block=args.steps_per_block, warmup=args.warmup, variants=variants,
-                       ok_max_k=args.ok_max_k, ok_repeats=args.ok_repeats, options=options,
+                       ok_max_k=args.ok_max_k, ok_repeats=args.ok_repeats, options=options, clock=args.clock,
                        log=lambda msg: print(msg, file=sys.stderr, flush=True))
     machine = cost.machine_description(args.device)
     header = (f"balancebench bench --model {args.model} --device {args.device}: {machine['device']}, "
-              f"{machine['threads']} threads, torch {machine['torch']}, {time.strftime('%Y-%m-%d')}, "
-              f"{time.perf_counter() - started:.0f}s")
+              f"{machine['threads']} threads, torch {machine['torch']}, {time.strftime('%Y-%m-%d %H:%M')}, "
+              f"{args.clock} clock, {time.perf_counter() - started:.0f}s, load average (1/5/15 min) {load_before} before, {_load()} after")
     paths = cost.write_outputs(frame, Path(args.out), header)
     print(header)
-    print(cost.to_markdown(frame))
+    print()
+    print(cost.pivots(frame))
+    targets = cost.check_targets(frame)
+    if not targets.empty:
+        print("\ntargets (issue 7):\n")
+        print(targets.to_markdown(index=False))
+    print()
     for path in paths.values():
         print(path)
     return 0
+
+
+def _load() -> str:
+    try:
+        import os
+
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"

@@ -10,7 +10,8 @@ What is measured, per variant and K (see :func:`bench` for the columns):
 
 * **time**: blocks of ``steps_per_block`` training steps, *interleaved* with blocks of the uniform
   trainer (uniform, variant, uniform, variant, ... over the repeats, after warm-up steps; the
-  order of the variants rotates between repeats). ``time_ratio`` is the median over repeats of
+  order of the variants rotates between repeats; the O(K) methods come last, as their steps of
+  seconds and hundreds of MB would disturb the others' timings). ``time_ratio`` is the median over repeats of
   (variant block time / the uniform block timed just before it), so that drifts of the machine's
   load cancel; ``time_ms`` / ``uniform_ms`` are medians of the per-step times. On CUDA the
   device is synchronised before and after every block (not inside).
@@ -68,6 +69,10 @@ QM9 = {"subset": 2048, "batch_size": 32, "dim": 64}
 DEFAULT_KS = (2, 8, 32, 128, 512, 1024)
 OK_MAX_K = 128
 BASELINE = "(uniform baseline)"
+#: ``wall``: elapsed time; ``process``: CPU time of the process (all its threads), which does not
+#: count the time other processes hold the cores: with one torch thread, the robust choice on a
+#: machine shared with other jobs (with several threads it also counts their spin-waiting)
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "process": time.process_time}
 
 
 # ============================================================================ variants
@@ -113,7 +118,7 @@ def default_variants(two_point: bool = True) -> list[Variant]:
 
 def select_variants(spec: str | None, two_point: bool = True) -> list[Variant]:
     """``spec``: comma-separated labels or registry names (a name selects all its variants)."""
-    every = default_variants(two_point=True if spec else two_point)
+    every = default_variants(two_point=two_point)
     if not spec:
         return every
     wanted = [s.strip() for s in spec.split(",") if s.strip()]
@@ -180,12 +185,12 @@ class Runner:
         if self.trainer.device.type == "cuda":
             torch.cuda.synchronize(self.trainer.device)
 
-    def timed(self, n: int) -> float:
+    def timed(self, n: int, clock: Callable[[], float] = time.perf_counter) -> float:
         self.sync()
-        start = time.perf_counter()
+        start = clock()
         self.run(n)
         self.sync()
-        return (time.perf_counter() - start) / n
+        return (clock() - start) / n
 
 
 # ============================================================================ measurements
@@ -296,7 +301,7 @@ def peak_memory(runner: Runner) -> int:
 
 
 @contextlib.contextmanager
-def _overhead_probe(trainer: Any) -> Iterator[dict[str, float]]:
+def _overhead_probe(trainer: Any, clock: Callable[[], float] = time.perf_counter) -> Iterator[dict[str, float]]:
     """Times balancer calls and, inside them, the closure and model-parameter autograd.grad calls."""
     acc = {"balancer": 0.0, "model_passes": 0.0, "calls": 0}
     balancer, factory = trainer.balancer, trainer.closures
@@ -310,12 +315,12 @@ def _overhead_probe(trainer: Any) -> Iterator[dict[str, float]]:
                 return fn(*args, **kwargs)
             depth["in_pass"] += 1
             sync()
-            start = time.perf_counter()
+            start = clock()
             try:
                 return fn(*args, **kwargs)
             finally:
                 sync()
-                acc["model_passes"] += time.perf_counter() - start
+                acc["model_passes"] += clock() - start
                 depth["in_pass"] -= 1
         return wrapper
 
@@ -323,12 +328,12 @@ def _overhead_probe(trainer: Any) -> Iterator[dict[str, float]]:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             depth["in_balancer"] += 1
             sync()
-            start = time.perf_counter()
+            start = clock()
             try:
                 return fn(*args, **kwargs)
             finally:
                 sync()
-                acc["balancer"] += time.perf_counter() - start
+                acc["balancer"] += clock() - start
                 depth["in_balancer"] -= 1
         return wrapper
 
@@ -353,11 +358,11 @@ def _overhead_probe(trainer: Any) -> Iterator[dict[str, float]]:
         del factory.make  # back to the class's method
 
 
-def balancer_overhead(runner: Runner, steps: int = 5) -> float:
+def balancer_overhead(runner: Runner, steps: int = 5, clock: Callable[[], float] = time.perf_counter) -> float:
     """Median seconds per step of the balancer's own arithmetic (see the module docstring)."""
     per_step = []
     for _ in range(steps):
-        with _overhead_probe(runner.trainer) as acc:
+        with _overhead_probe(runner.trainer, clock) as acc:
             runner.run(1)
         per_step.append(max(acc["balancer"] - acc["model_passes"], 0.0))
     return statistics.median(per_step)
@@ -380,15 +385,22 @@ def bench(
     ok_max_k: int = OK_MAX_K,
     ok_repeats: int = 3,
     options: dict[str, Any] | None = None,
+    clock: str = "wall",
     log: Callable[[str], None] | None = None,
 ) -> pd.DataFrame:
     """The cost table: one row per (K, variant); see the module docstring for every column.
 
     ``repeats`` interleaved (uniform, variant) block pairs per variant, ``steps_per_block`` steps
-    each, after ``warmup`` steps of every trainer; O(K) methods get ``min(repeats, ok_repeats)``
-    pairs of 1-step blocks and are skipped above ``ok_max_k`` tasks.
+    each, after ``warmup`` steps of every trainer; O(K) methods get one warm-up step and
+    ``min(repeats, ok_repeats)`` pairs of 1-step blocks, timed after all the O(1) variants, and
+    are skipped above ``ok_max_k`` tasks.
     """
     log = log or (lambda msg: None)
+    if clock not in CLOCKS:
+        raise ValueError(f"clock must be one of {sorted(CLOCKS)}, got {clock!r}")
+    if clock == "process" and device != "cpu":
+        raise ValueError("clock='process' measures CPU time: only for device='cpu'")
+    timer = CLOCKS[clock]
     variants = list(default_variants() if variants is None else variants)
     defaults = MLP if model == "mlp" else QM9
     options = {**defaults, **(options or {})}
@@ -411,31 +423,38 @@ def bench(
                 continue
             runners.append(Runner(v, build_trainer(v, k, model, device, options), batches))
         for r in [uniform, *runners]:
-            r.run(warmup)
+            r.run(min(warmup, 1) if r.variant.o_k else warmup)  # O(K) steps take seconds at large K
         stats: dict[str, dict[str, Any]] = {}
         for r in [uniform, *runners]:
-            passes = count_passes(r)
+            passes = count_passes(r, steps=1 if r.variant.o_k else 2)
             stats[r.variant.label] = {
                 **passes,
                 "task_grads": k if r.variant.o_k else 0,
                 "peak": peak_memory(r),
-                "overhead": balancer_overhead(r, steps=2 if r.variant.o_k else 5),
+                "overhead": balancer_overhead(r, steps=1 if r.variant.o_k else 9, clock=timer),
                 "times": [], "uniform": [], "ratios": [],
             }
-        order = list(runners)
-        for rep in range(repeats):
-            order = order[1:] + order[:1]  # rotate: no variant always follows the same one
+
+        def pair(r: Runner, steps: int) -> None:
+            t_uniform = uniform.timed(steps, timer)
+            t = r.timed(steps, timer)
+            s = stats[r.variant.label]
+            s["times"].append(t)
+            s["uniform"].append(t_uniform)
+            s["ratios"].append(t / t_uniform)
+
+        # the O(1) variants first, interleaved over all repeats in a rotating order (no variant
+        # always follows the same one); then the O(K) methods, whose steps of seconds and hundreds
+        # of MB would disturb the others' timings (allocator trims, page faults)
+        order = [r for r in runners if not r.variant.o_k]
+        for _ in range(repeats):
+            order = order[1:] + order[:1]
             for r in order:
-                n_reps = min(repeats, ok_repeats) if r.variant.o_k else repeats
-                if rep >= n_reps:
-                    continue
-                steps = 1 if r.variant.o_k else steps_per_block
-                t_uniform = uniform.timed(steps)
-                t = r.timed(steps)
-                s = stats[r.variant.label]
-                s["times"].append(t)
-                s["uniform"].append(t_uniform)
-                s["ratios"].append(t / t_uniform)
+                pair(r, steps_per_block)
+        for r in runners:
+            if r.variant.o_k:
+                for _ in range(min(repeats, ok_repeats)):
+                    pair(r, 1)
         uniform_peak = stats[BASELINE]["peak"]
         all_uniform = [t for r in runners for t in stats[r.variant.label]["uniform"]]
         uniform_ms = 1e3 * statistics.median(all_uniform) if all_uniform else float("nan")
@@ -500,6 +519,52 @@ def to_markdown(frame: pd.DataFrame) -> str:
     return shown.to_markdown(index=False)
 
 
+def pivots(frame: pd.DataFrame) -> str:
+    """Markdown: passes per method, then time ratio, memory ratio and own overhead (% of the uniform
+    step) as method x K tables (``skip`` where an O(K) method was not measured)."""
+    measured = frame[frame["note"].fillna("") == ""]
+    methods = list(dict.fromkeys(frame["method"]))
+    passes = measured.groupby("method", sort=False)[["fwd", "bwd"]].first()
+    passes["task_grads"] = measured.groupby("method", sort=False)["task_grads"].max().map(
+        lambda n: "K" if n > 0 else "0")
+    parts = ["model passes per training step (fwd / bwd traversals / per-task gradients):\n\n"
+             + passes.reindex(methods).to_markdown()]
+    for col, title, fmt in (("time_ratio", "step time / uniform step time", "{:.3f}"),
+                            ("mem_ratio", "peak memory / uniform peak memory", "{:.3f}"),
+                            ("overhead_pct", "balancer's own arithmetic, % of the uniform step", "{:.2f}")):
+        table = frame.pivot(index="method", columns="K", values=col).reindex(methods)
+        table = table.apply(lambda c: c.map(lambda x: "skip" if pd.isna(x) else fmt.format(x)))
+        table.columns = [f"K={k}" for k in table.columns]
+        parts.append(f"{title}:\n\n" + table.to_markdown())
+    return "\n\n".join(parts)
+
+
+#: the issue's targets for the O(1) balancers, ratios to uniform: (method, column, bound, which K)
+TARGETS = [
+    ("famo[lagged]", "time_ratio", 1.02, "all"), ("famo[same_batch]", "time_ratio", 1.30, "all"),
+    ("marigold[fused]", "time_ratio", 1.30, "all"), ("marigold[faithful]", "time_ratio", 2.1, "all"),
+    *[(m, "mem_ratio", 1.05, "max") for m in ("famo[same_batch]", "famo[lagged]", "marigold[fused]", "marigold[faithful]")],
+    *[(m, "overhead_pct", 1.0, "max") for m in ("famo[same_batch]", "famo[lagged]", "marigold[fused]", "marigold[faithful]")],
+]
+
+
+def check_targets(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per target: the worst measured value (over all K, or at the largest K) and met or not."""
+    rows = []
+    k_max = frame["K"].max()
+    for method, col, bound, which in TARGETS:
+        data = frame[(frame["method"] == method) & frame[col].notna()]
+        if which == "max":
+            data = data[data["K"] == k_max]
+        if data.empty:
+            continue
+        worst = data.loc[data[col].idxmax()]
+        rows.append({"method": method, "quantity": col, "target": f"<= {bound}" if col != "overhead_pct" else f"< {bound}%",
+                     "K": "all" if which == "all" else int(k_max), "worst": round(float(worst[col]), 3),
+                     "at K": int(worst["K"]), "met": bool(worst[col] <= bound if col != "overhead_pct" else worst[col] < bound)})
+    return pd.DataFrame(rows)
+
+
 def plot(frame: pd.DataFrame, path: Path) -> Path:
     """Log-log plot of the time ratio to uniform against K, one line per method."""
     import matplotlib
@@ -533,6 +598,12 @@ def write_outputs(frame: pd.DataFrame, out: Path, header: str = "") -> dict[str,
     stem = f"cost_{frame['model'].iloc[0]}_{frame['device'].iloc[0]}"
     paths = {"csv": out / f"{stem}.csv", "md": out / f"{stem}.md", "png": out / f"{stem}.png"}
     frame.to_csv(paths["csv"], index=False)
-    paths["md"].write_text((header + "\n\n" if header else "") + to_markdown(frame) + "\n")
+    targets = check_targets(frame)
+    text = [header] if header else []
+    text += [pivots(frame)]
+    if not targets.empty:
+        text += ["targets (issue 7):\n\n" + targets.to_markdown(index=False)]
+    text += ["all columns:\n\n" + to_markdown(frame)]
+    paths["md"].write_text("\n\n".join(text) + "\n")
     plot(frame, paths["png"])
     return paths

@@ -13,6 +13,10 @@ without editing any test) plus a few extra variants of existing ones; test ids a
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP (see experiments/cli.py)
+
 import copy
 import random
 from collections.abc import Callable, Sequence

@@ -566,7 +566,8 @@ class GroupedMeanNNConv:
         # A[i, (k, o)] = weight[i * d_out + o, k]
         self.A = weight.view(d_in, d_out, self.k).transpose(1, 2).reshape(d_in, self.k * d_out)
         self.d_out = d_out
-        self.inv_deg = 1.0 / torch.bincount(dst, minlength=n_nodes).clamp(min=1).to(hidden.dtype).unsqueeze(1)
+        # 1 / in-degree in the input's precision (hidden may be bf16 under autocast)
+        self.inv_deg = 1.0 / torch.bincount(dst, minlength=n_nodes).clamp(min=1).to(edge_attr.dtype).unsqueeze(1)
 
     def __call__(self, x: Tensor) -> Tensor:
         conv, k, d = self.conv, self.k, self.d_out

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from analysis.gradients import cosine_from_checkpoint, mean_cosine, probe_overhead, read_cosine
+from analysis.runs import epoch_seconds, load_run
 from experiments import rundir
 from experiments.config import CONFIG_DIR, deep_merge, load_run_config
 from experiments.errors import ConfigError, UserError
@@ -40,6 +41,11 @@ def test_cosine_every_writes_cosine_csv_and_leaves_training_unchanged(tmp_path: 
     assert mean_cosine(probed) == pytest.approx(table["mean_cosine"].mean())
     cost = probe_overhead(probed)
     assert cost["probes"] == 3 and cost["overhead"] > 0
+    # time comparisons leave the probe out: epoch 1 held the step-3 probe, epoch 2 the step-6 one
+    seconds = epoch_seconds(load_run(probed))
+    raw = b.set_index("epoch")["epoch_seconds"]
+    assert seconds[1] == pytest.approx(raw[1] - table.loc[table["step"] == 3, "seconds"].item())
+    assert seconds[2] == pytest.approx(raw[2] - table.loc[table["step"] == 6, "seconds"].item())
 
 
 def test_checkpoint_measurement_equals_the_probe_at_the_same_step(tmp_path: Path) -> None:
