@@ -106,8 +106,9 @@ def check_f3(runs: ClaimRuns) -> Outcome:
     text: list[str] = []
     famo_std: dict[str, list[float]] = {}
     for variant in ("CL_CR", "RL_RR"):
-        base = delta_ms(mm_dirs(runs, variant, "uniform"))
-        text.append(f"{variant}: Δm% uniform {pm(base)}")
+        uniform_dirs = mm_dirs(runs, variant, "uniform")
+        base = delta_ms(uniform_dirs)
+        text.append(f"{variant} (Δm% vs {reference_kind(uniform_dirs)}): uniform {pm(base)}")
         for method in runs.plan.balancers:
             dirs = mm_dirs(runs, variant, method)
             values = delta_ms(dirs)

@@ -55,6 +55,9 @@ PLANS: dict[str, ScalePlan] = {
     }, balancers=("famo", "marigold", "si", "rlw"), cosine_every=DEFAULT_COSINE_EVERY),
 }
 
+#: settings whose single-task references the claims train themselves (cheap at every scale);
+#: QM9's eleven single-task runs are used only when already under ``out/<scale>/stl/qm9``
+STL_CONFIGS = ("multimnist", "synthetic")
 #: synthetic settings for the cosine-vs-gain points (F5): (label, correlation, conflict) — aligned
 #: tasks, partly related ones, and one half of the tasks pulling against the other half
 SYNTHETIC_SETTINGS = (("aligned", 1.0, 0.0), ("mixed", 0.5, 0.25), ("opposed", 1.0, 0.5))
@@ -80,29 +83,49 @@ class ClaimRuns:
         if not self.quiet:
             print(f"[claims] {text}", file=sys.stderr, flush=True)
 
+    def _config(self, config: str, overrides: dict[str, Any], variant: str | None, extra: dict[str, Any] | None) -> Any:
+        if variant:
+            overrides = deep_merge(overrides, {"benchmark": {"variant": variant}})
+        merged = deep_merge(deep_merge(self.plan.overrides.get(config, {}), extra or {}), overrides)
+        return load_run_config(CONFIG_DIR / f"{config}.yaml", self.plan.scale, merged)
+
+    def stl_reference(self, config: str, variant: str | None = None, extra: dict[str, Any] | None = None) -> Path | None:
+        """The setting's single-task reference file (``experiments.stl``: one run per task, seed
+        0), trained when missing for the configs in ``STL_CONFIGS``; for the others (QM9: eleven
+        single-task runs) only an existing file under ``out/<scale>/stl/<setting>`` is used."""
+        from experiments.stl import REFERENCE_FILE, train_stl_references
+
+        folder = self.root / "stl" / _setting(config, variant, extra)
+        if (folder / REFERENCE_FILE).is_file():
+            return folder / REFERENCE_FILE
+        if config not in STL_CONFIGS:
+            return None
+        self.say(f"single-task references for {folder.name} -> {folder}")
+        cfg = self._config(config, {"seed": 0, "train": {"progress": False}}, variant, extra)
+        return train_stl_references(cfg, folder)
+
     def run(self, config: str, balancer: str, seed: int, *, variant: str | None = None, name: str | None = None,
             hparams: dict[str, Any] | None = None, extra: dict[str, Any] | None = None, cosine: bool = False) -> Path:
         """The run directory of ``balancer`` on ``configs/<config>.yaml`` at this scale and seed.
 
-        Stochastic balancers get ``seed`` as their own seed too (independent draws per run seed).
-        ``cosine`` switches the trainer's task-gradient probe on (uniform runs for F5)."""
+        Δm% (and model selection) is against the setting's STL reference when there is one (see
+        ``stl_reference``), else the untrained model. Stochastic balancers get ``seed`` as their
+        own seed too (independent draws per run seed). ``cosine`` switches the trainer's
+        task-gradient probe on (uniform runs, for F5)."""
         from experiments.trainer import train
 
         label = name or balancer
-        setting = config + (f"-{variant}" if variant else "") + (f"-{extra_name(extra)}" if extra else "")
+        setting = _setting(config, variant, extra)
         run_dir = self.root / "runs" / setting / label / f"seed_{seed}"
         hp = dict(hparams or {})
         if balancer_info(balancer).stochastic:
             hp.setdefault("seed", seed)
         overrides: dict[str, Any] = {"balancer": {"name": balancer, "hparams": hp}, "seed": seed,
                                      "train": {"progress": False, "cosine_every": self.plan.cosine_every if cosine else 0}}
-        if variant:
-            overrides["benchmark"] = {"variant": variant}
-        overrides = deep_merge(deep_merge(self.plan.overrides.get(config, {}), extra or {}), overrides)
-        stl = self.root / "stl" / setting / "stl_reference.json"
-        if stl.is_file():
-            overrides["reference"] = str(stl)  # STL references beat the initial-model reference
-        cfg = load_run_config(CONFIG_DIR / f"{config}.yaml", self.plan.scale, overrides)
+        stl = self.stl_reference(config, variant, extra)
+        if stl is not None:
+            overrides["reference"] = str(Path(stl).resolve())  # absolute: readable from any directory
+        cfg = self._config(config, overrides, variant, extra)
         if _complete(run_dir):
             _check_same_config(run_dir, cfg)
             return run_dir
@@ -119,6 +142,10 @@ class ClaimRuns:
         self.say(f"toy runs (uniform, famo x 5 starts) in {out}")
         return run_toy(["uniform", "famo"], scale="tiny" if self.plan.scale == "tiny" else self.plan.scale,
                        out=out, progress=False, workers=2)
+
+
+def _setting(config: str, variant: str | None, extra: dict[str, Any] | None) -> str:
+    return config + (f"-{variant}" if variant else "") + (f"-{extra_name(extra)}" if extra else "")
 
 
 def extra_name(extra: dict[str, Any] | None) -> str:

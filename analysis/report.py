@@ -46,6 +46,9 @@ def report(*, storage: str | None = None, runs: Sequence[str | Path] | None = No
         source = f"study `{found.group}` in storage `{found.storage}` — the seed reruns of each method's best configuration"
         if found.missing:
             notes.append(f"methods without a finished rerun (not in the tables): {', '.join(found.missing)}")
+        if weights is None:  # fixed_from_X reruns keep the extracted weights next to their seed dirs
+            extracted = [Path(d).parent / "weights.json" for d in found.reruns]
+            weights = next((w for w in extracted if w.is_file()), None)
     else:
         records = load_runs(list(runs or []))
         source = f"{len(records)} run directories under " + ", ".join(f"`{p}`" for p in runs or [])

@@ -96,7 +96,8 @@ def plot_weight_trajectories(records: Sequence[RunRecord], out_dir: str | Path,
                     for task, value in zip(extracted["tasks"], extracted["weights"]):
                         ax.axhline(value, ls="--", lw=1.2, color=palette.get(task, "k"),
                                    label=f"EMA {extracted.get('ema', '')} fixed: {task}")
-        fig.suptitle(f"effective task weights — {setting}", fontsize=11)
+        note = f"; dashed: fixed weights extracted by EMA {extracted.get('ema', '')}" if extracted else ""
+        fig.suptitle(f"effective task weights — {setting}{note}", fontsize=11)
         paths.append(save(fig, Path(out_dir) / f"weights_{_slug(setting)}.png"))
     return paths
 

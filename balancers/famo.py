@@ -73,6 +73,7 @@ class FAMO(Balancer):
         self.register_buffer("_prev_losses", torch.zeros(n_tasks))
         self._has_prev = False  # a Python flag: reading a device flag would sync every step
         self._opt = self._new_optimizer()
+        self._forget()
 
     def _new_optimizer(self) -> torch.optim.Adam:
         return torch.optim.Adam([self.logits], lr=self.w_lr, weight_decay=self.gamma)
@@ -87,12 +88,19 @@ class FAMO(Balancer):
         log_shifted = shifted.log()
         if self.update == "lagged" and self._has_prev:  # log D(θ_{t+1}) is this call's, reused
             self._update_logits(self._prev_losses, log_shifted.detach())
-        z = torch.softmax(self.logits.detach(), dim=-1).to(losses.dtype)
+        z_logits = torch.softmax(self.logits.detach(), dim=-1)
+        z = z_logits.to(losses.dtype)
         ratio = z / shifted.detach()
         c = ratio.sum()
         self._record(ratio / c)
         self._prev_losses.copy_(losses.detach())
         self._has_prev = True
+        # kept for the next logit update, which would recompute exactly these values: softmax(ξ)
+        # (ξ does not change until then) and log D(ℓ_t) = log(_prev_losses - ℓ* + ε) (only when
+        # _prev_losses holds ℓ_t exactly, i.e. has the losses' dtype); see _forget for when they go
+        self._z_cache = z_logits
+        exact = log_shifted.dtype == self._prev_losses.dtype and log_shifted.device == self._prev_losses.device
+        self._prev_log_cache = log_shifted.detach() if exact else None
         return (log_shifted * z).sum() / c
 
     def step(self, closure: LossClosure | None = None) -> None:
@@ -119,13 +127,24 @@ class FAMO(Balancer):
 
     def _update_logits(self, prev: Tensor, new_log: Tensor) -> None:
         """One Adam step of the logits; ``new_log`` = log D(θ_{t+1}) (detached), ``prev`` = ℓ(θ_t)."""
-        delta = self._shifted(prev).log() - new_log
+        prev_log = self._prev_log_cache if self._prev_log_cache is not None else self._shifted(prev).log()
+        delta = prev_log - new_log
         # J_softmax(ξ)ᵀ δ with the very kernel autograd's softmax backward runs (same values as
         # autograd.grad of softmax), then the Adam step; both without autograd's and
         # Optimizer.step's per-call Python overhead, which exceeds this K-sized arithmetic
-        z = torch.softmax(self.logits.detach(), dim=-1)
+        z = self._z_cache if self._z_cache is not None else torch.softmax(self.logits.detach(), dim=-1)
         grad = torch._softmax_backward_data(delta.to(z.dtype), z, -1, z.dtype)
         adam_step_(self._opt, [self.logits], [grad])
+        self._forget()
+
+    def _forget(self) -> None:
+        """Drop the values kept from the last call (after a logit update, reset, load, ``.to()``)."""
+        self._z_cache: Tensor | None = None
+        self._prev_log_cache: Tensor | None = None
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> "FAMO":  # .to(), .double(), .cuda(), ...
+        self._forget()
+        return super()._apply(fn, *args, **kwargs)
 
     # ------------------------------------------------------------------------------ lifecycle
     def reset(self) -> None:
@@ -135,6 +154,7 @@ class FAMO(Balancer):
         self._prev_losses.zero_()
         self._has_prev = False
         self._opt = self._new_optimizer()
+        self._forget()
 
     def hparams(self) -> dict[str, Any]:
         return {"gamma": self.gamma, "w_lr": self.w_lr, "min_losses": self._min_losses_arg, "update": self.update}
@@ -148,3 +168,4 @@ class FAMO(Balancer):
             # deepcopy, a balancer loaded from a live one's state_dict would share its Adam moments
             self._opt.load_state_dict(copy.deepcopy(extra["extra.optimizer"]))
         self._has_prev = bool(extra.get("extra.has_prev", self._has_prev))
+        self._forget()

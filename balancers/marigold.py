@@ -114,7 +114,7 @@ class Marigold(Balancer):
         self.v.zero_()
         self._adam = torch.optim.Adam([self.u, self.v], lr=self.w_lr)
         self._gen.manual_seed(self.seed)
-        self._pending: tuple[Tensor, Tensor, Tensor | None] | None = None
+        self._pending: tuple[Tensor, Tensor, Tensor, Tensor | None] | None = None
 
     # ------------------------------------------------------------------------------ the method
     def combine(self, losses: Tensor, closure: LossClosure | None) -> Tensor:
@@ -124,10 +124,10 @@ class Marigold(Balancer):
         perturbed = lam + self.r * direction
         base = self._virtual_losses(losses, lam, closure) if self.estimator == "two_point" else None
         if self.variant == "fused":
-            self._pending = (f, direction, base)
+            self._pending = (f, lam, direction, base)
             self._record(perturbed)
             return (perturbed.to(losses.dtype) * losses).sum()
-        self._update(f, self._virtual_losses(losses, perturbed, closure), base, direction)
+        self._update(f, lam, self._virtual_losses(losses, perturbed, closure), base, direction)
         lam = self._lambda(f)
         self._record(lam)
         return (lam.to(losses.dtype) * losses).sum()
@@ -139,11 +139,11 @@ class Marigold(Balancer):
             raise RuntimeError(f"{self}: step() must follow a combine() call (fused variant)")
         if closure is None:
             raise ValueError(f"{self}: the fused variant needs the loss closure in step()")
-        f, direction, base = self._pending
+        f, lam, direction, base = self._pending
         self._pending = None
         with torch.no_grad():
             perturbed_losses = closure().detach().to(f.dtype)
-        self._update(f, perturbed_losses, base, direction)
+        self._update(f, lam, perturbed_losses, base, direction)
 
     @staticmethod
     def zo_hypergradient(rho: Tensor, perturbed: Tensor, base: Tensor | None, direction: Tensor, r: float) -> Tensor:
@@ -211,9 +211,9 @@ class Marigold(Balancer):
             del done
             return closure(virtual).detach().to(weights.dtype)
 
-    def _update(self, f: Tensor, perturbed: Tensor, base: Tensor | None, direction: Tensor) -> None:
+    def _update(self, f: Tensor, lam: Tensor, perturbed: Tensor, base: Tensor | None, direction: Tensor) -> None:
         """Pull g_lambda, g_rho back through the softmaxes; Adam descent on u, ascent on v."""
-        lam, rho = self._simplex(self.u, self.v, f)
+        rho = torch.softmax(self.beta * self.v / f, 0)  # lam (u unchanged since) comes from combine
         g_lam = self.zo_hypergradient(rho, perturbed, base, direction, self.r)
         g_rho = perturbed - f
         # the pull-back through lambda = softmax(beta u / f) (rho likewise) with the kernels and in

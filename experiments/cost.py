@@ -11,10 +11,14 @@ What is measured, per variant and K (see :func:`bench` for the columns):
 * **time**: blocks of ``steps_per_block`` training steps, *interleaved* with blocks of the uniform
   trainer (uniform, variant, uniform, variant, ... over the repeats, after warm-up steps; the
   order of the variants rotates between repeats; the O(K) methods come last, as their steps of
-  seconds and hundreds of MB would disturb the others' timings). ``time_ratio`` is the median over repeats of
-  (variant block time / the uniform block timed just before it), so that drifts of the machine's
-  load cancel; ``time_ms`` / ``uniform_ms`` are medians of the per-step times. On CUDA the
-  device is synchronised before and after every block (not inside).
+  seconds and hundreds of MB would disturb the others' timings). ``time_ratio`` is the median
+  over repeats of (variant block time / the uniform block timed just before it), so that drifts
+  of the machine's load cancel; ``time_ratio_iqr`` its interquartile range; ``time_ms`` /
+  ``uniform_ms`` are medians of the per-step times. ``clock="wall"`` (elapsed time) or
+  ``"process"`` (the process's CPU time, which does not count the time other jobs hold the cores:
+  with one torch thread, the robust choice on a shared machine). On CUDA the device is
+  synchronised before and after every block (not inside). The registered ``uniform`` balancer is
+  measured like every other variant against the baseline: its ratio shows the noise floor.
 * **peak memory**: the peak of live tensor bytes during one step, counting the trainer's own
   state at the start of the step (model parameters and gradients, optimizer state, balancer
   state, the batch) plus everything allocated during the step, minus what is freed. On CUDA this
@@ -36,7 +40,10 @@ What is measured, per variant and K (see :func:`bench` for the columns):
   differentiate model parameters (model backwards, e.g. MARIGOLD's virtual step gradient or the
   O(K) methods' task gradients). What remains is the balancer's arithmetic: softmaxes and Adam
   on K logits, the MARIGOLD virtual optimizer step (O(P)), the Gram matrix and the solver of the
-  O(K) methods. ``overhead_pct`` = that time / the uniform step time.
+  O(K) methods. ``overhead_pct`` = that time / the uniform step time. ``balancer_passes_ms`` is
+  the subtracted part: the model passes the balancer runs itself (FAMO same_batch's and MARIGOLD's
+  closure forwards, MARIGOLD faithful's extra backward, the O(K) methods' task gradients), so
+  that ``time_ratio ~ 1 + (balancer_passes_ms + overhead_ms - uniform's overhead) / uniform_ms``.
 
 O(K) methods (registry ``needs_task_grads``) are measured only up to ``ok_max_k`` tasks (default
 128): above it one step takes seconds; the table lists them as skipped.
@@ -358,19 +365,22 @@ def _overhead_probe(trainer: Any, clock: Callable[[], float] = time.perf_counter
         del factory.make  # back to the class's method
 
 
-def balancer_overhead(runner: Runner, steps: int = 5, clock: Callable[[], float] = time.perf_counter) -> float:
-    """Median seconds per step of the balancer's own arithmetic (see the module docstring)."""
-    per_step = []
+def balancer_overhead(runner: Runner, steps: int = 5,
+                      clock: Callable[[], float] = time.perf_counter) -> tuple[float, float]:
+    """Median seconds per step of (the balancer's own arithmetic, the model passes it makes itself:
+    closure forwards and backward calls) (see the module docstring)."""
+    own, passes = [], []
     for _ in range(steps):
         with _overhead_probe(runner.trainer, clock) as acc:
             runner.run(1)
-        per_step.append(max(acc["balancer"] - acc["model_passes"], 0.0))
-    return statistics.median(per_step)
+        own.append(max(acc["balancer"] - acc["model_passes"], 0.0))
+        passes.append(acc["model_passes"])
+    return statistics.median(own), statistics.median(passes)
 
 
 # ============================================================================ the benchmark
 COLUMNS = ["model", "device", "K", "method", "fwd", "bwd", "task_grads", "time_ms", "uniform_ms", "time_ratio",
-           "time_ratio_iqr", "peak_mb", "mem_ratio", "overhead_ms", "overhead_pct", "note"]
+           "time_ratio_iqr", "peak_mb", "mem_ratio", "balancer_passes_ms", "overhead_ms", "overhead_pct", "note"]
 
 
 def bench(
@@ -431,7 +441,8 @@ def bench(
                 **passes,
                 "task_grads": k if r.variant.o_k else 0,
                 "peak": peak_memory(r),
-                "overhead": balancer_overhead(r, steps=1 if r.variant.o_k else 9, clock=timer),
+                **dict(zip(("overhead", "balancer_passes"),
+                           balancer_overhead(r, steps=1 if r.variant.o_k else 9, clock=timer))),
                 "times": [], "uniform": [], "ratios": [],
             }
 
@@ -470,6 +481,7 @@ def bench(
                 "time_ratio": statistics.median(ratios),
                 "time_ratio_iqr": _iqr(ratios),
                 "peak_mb": s["peak"] / 2**20, "mem_ratio": s["peak"] / uniform_peak,
+                "balancer_passes_ms": 1e3 * s["balancer_passes"],
                 "overhead_ms": 1e3 * s["overhead"], "overhead_pct": 100 * 1e3 * s["overhead"] / own_uniform,
                 "note": "",
             })
@@ -513,7 +525,8 @@ def to_markdown(frame: pd.DataFrame) -> str:
     shown = frame.copy()
     for col, fmt in (("fwd", "{:g}"), ("bwd", "{:g}"), ("task_grads", "{:.0f}"), ("time_ms", "{:.2f}"),
                      ("uniform_ms", "{:.2f}"), ("time_ratio", "{:.3f}"), ("time_ratio_iqr", "{:.3f}"),
-                     ("peak_mb", "{:.1f}"), ("mem_ratio", "{:.3f}"), ("overhead_ms", "{:.3f}"),
+                     ("peak_mb", "{:.1f}"), ("mem_ratio", "{:.3f}"), ("balancer_passes_ms", "{:.2f}"),
+                     ("overhead_ms", "{:.3f}"),
                      ("overhead_pct", "{:.2f}")):
         shown[col] = [("" if pd.isna(x) else fmt.format(x)) for x in shown[col]]
     return shown.to_markdown(index=False)

@@ -105,7 +105,7 @@ def test_report_on_a_finished_study_matches_the_stored_results(tmp_path: Path) -
     })
     outcome = run_study(cfg, progress=False)
     storage = outcome.storage_url
-    result = report(storage=storage, out=tmp_path / "report")
+    result = report(storage=storage, study=outcome.group, out=tmp_path / "report")  # as the demo calls it
     stored = results_table(storage).set_index("method")
     ours = read_report_tables(result.path)
     (table,) = ours.values()
@@ -119,5 +119,6 @@ def test_report_on_a_finished_study_matches_the_stored_results(tmp_path: Path) -
             assert table.loc[method, f"{metric}_mean"] == pytest.approx(stored.loc[method, f"test_{metric}_mean"], rel=1e-9)
     text = result.path.read_text()
     assert f"study `{outcome.group}`" in text and "fixed_from_famo" in text
+    assert "weights.json" in text  # the fixed_from_famo weights are drawn on the weight plots
     assert all(p.is_file() for p in images(result.path))
     assert isinstance(pd.read_csv(next((tmp_path / "report" / "tables").glob("*_runs.csv"))), pd.DataFrame)

@@ -104,3 +104,17 @@ def test_missing_or_corrupt_run_directories_are_one_line_user_errors(tmp_path: P
     (failed / "summary.json").write_text(json.dumps({**summary, "status": "failed"}))
     with pytest.raises(UserError, match="no complete run"):
         load_runs([failed])  # failed runs never enter a table
+
+
+def test_reference_can_be_forced_to_an_stl_file_or_is_refused_when_missing(runs_root: Path, tmp_path: Path) -> None:
+    stl = tmp_path / "stl_reference.json"
+    stl.write_text(json.dumps({"metrics": {"left_cls_acc": 0.5, "right_rec_mse": 0.1},
+                               "val_metrics": {"left_cls_acc": 0.4, "right_rec_mse": 0.2}}))
+    frame = run_frame(load_runs([runs_root]), reference=str(stl)).set_index(["method", "seed"])
+    # uniform seed 0 (acc 0.5, mse 0.10) equals the STL reference: Δm% 0
+    assert frame.loc[("uniform", 0), "delta_m"] == pytest.approx(0.0)
+    # famo seed 1 (acc 0.6, mse 0.05): acc -20 %, mse -50 % -> -35 %
+    assert frame.loc[("famo", 1), "delta_m"] == pytest.approx(-35.0)
+    assert frame.loc[("famo", 1), "reference"].startswith("STL")
+    with pytest.raises(UserError, match="no literature STL values"):
+        run_frame(load_runs([runs_root]), reference="literature")
