@@ -42,7 +42,7 @@ def task_gradients(losses: Tensor, params: list[Tensor], batched: bool = True, c
     if batched:
         try:
             return _batched(losses, params, chunk)
-        except RuntimeError:  # an op without a batching rule: fall back to the loop below
+        except (RuntimeError, NotImplementedError):  # an op without a batching rule: the loop below
             pass
     rows = []
     for i in range(k):

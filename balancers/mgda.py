@@ -79,15 +79,19 @@ def min_norm_weights(m: Tensor, tol: float = 1e-12, max_iter: int = 10_000) -> T
 
 
 def frank_wolfe(m: np.ndarray, tol: float = 1e-12, max_iter: int = 10_000) -> np.ndarray:
-    """Away-step Frank-Wolfe for ``min_{w in simplex} 1/2 w^T m w`` (``m`` PSD, float64)."""
+    """Away-step Frank-Wolfe for ``min_{w in simplex} 1/2 w^T m w`` (``m`` PSD, float64).
+
+    Products by ``einsum`` (plain loops), not BLAS: numpy's OpenBLAS threads can stall for hundreds
+    of ms on busy cores (e.g. next to torch's own threads), far longer than these K-sized products.
+    """
     k = m.shape[0]
     w = np.full(k, 1.0 / k)
-    mw = m @ w
+    mw = np.einsum("ij,j->i", m, w)
     threshold = tol * max(float(np.max(np.diag(m))), np.finfo(np.float64).tiny)
     for it in range(max_iter):
         if it % 64 == 63:  # the incremental updates of m @ w accumulate rounding
-            mw = m @ w
-        wmw = float(w @ mw)
+            mw = np.einsum("ij,j->i", m, w)
+        wmw = float(np.einsum("i,i->", w, mw))
         s = int(np.argmin(mw))
         gap_fw = wmw - mw[s]
         if gap_fw <= threshold:

@@ -25,15 +25,17 @@ class NashMTL(GradientBalancer):
 
     As the reference implementation does, the Gram matrix is first divided by its Frobenius norm:
     ``M = G G^T / ||G G^T||_F`` and ``a`` solves ``M a = 1/a``. Scaling of the weights: if ``a*``
-    solves the unnormalised system, ``a = ||G G^T||_F^{1/2} a*``; the update ``G^T a`` has
-    ``g_i^T (G^T a) = 1/a_i``-type equal "bargaining" products and its size is not normalised, so
-    the weights do not sum to one (``weights_sum_to_one`` is False); they are positive.
+    solves the unnormalised system, ``a = ||G G^T||_F^{1/2} a*``. With the update ``d = G^T a``,
+    each task's directional derivative is ``g_i^T d = (G G^T a)_i``, i.e. ``a_i g_i^T d`` is the same
+    for every task (the bargaining solution; ``= ||G G^T||_F`` in these units). The size of ``d``
+    is not normalised, so the weights do not sum to one (``weights_sum_to_one`` is False); they are
+    positive.
 
     Solver (no cvxpy): ``a`` is the unique minimiser of the strictly convex
     ``f(a) = 1/2 a^T M a - sum_i log a_i`` (its gradient is ``M a - 1/a``). With
     ``a_i = b_i / sqrt(M_ii)`` this becomes the same problem on the cosine matrix
     ``C_ij = M_ij / sqrt(M_ii M_jj)`` (unit diagonal, scale-free), which damped Newton's method
-    (``f`` is self-concordant) solves on the host in float64 to a Newton decrement below ``tol``,
+    (``f`` is self-concordant) solves on the host in float64 (torch) to a Newton decrement below ``tol``,
     from ``b = s 1`` with the best scale ``s``. The reference instead runs up to 20 steps of a
     sequential convex approximation with cvxpy, warm-started from the previous step's weights
     (then this would be stateful); the fixed point is the same. When no solution exists (the
@@ -59,37 +61,40 @@ class NashMTL(GradientBalancer):
 
     def solve(self, grads: Tensor, losses: Tensor) -> Tensor:
         m = gram(grads)
-        a = nash_weights(m.detach().cpu().numpy(), self.tol, self.max_iter)
-        return torch.from_numpy(a).to(m.device)
+        return nash_weights(m.detach().cpu(), self.tol, self.max_iter).to(m.device)
 
 
-def nash_weights(m: np.ndarray, tol: float = 1e-20, max_iter: int = 100, normalize: bool = True,
-                 ridge: float = NashMTL._RIDGE) -> np.ndarray:
-    """``a > 0`` with ``M a = 1/a`` for ``M = m / ||m||_F`` (``normalize``) or ``M = m``."""
-    m = np.asarray(m, dtype=np.float64)
+def nash_weights(m: Tensor | np.ndarray, tol: float = 1e-20, max_iter: int = 100, normalize: bool = True,
+                 ridge: float = NashMTL._RIDGE) -> Tensor:
+    """``a > 0`` with ``M a = 1/a`` for ``M = m / ||m||_F`` (``normalize``) or ``M = m``.
+
+    Float64 on the CPU with torch's linear algebra (numpy's OpenBLAS threads stall for hundreds of
+    ms when the cores are busy, e.g. next to torch's own threads).
+    """
+    m = torch.as_tensor(m, dtype=torch.float64).cpu()
     k = m.shape[0]
-    tiny = np.finfo(np.float64).tiny
+    tiny = torch.finfo(torch.float64).tiny
     if normalize:
-        m = m / max(float(np.linalg.norm(m)), tiny)
-    d = np.sqrt(np.clip(np.diag(m), tiny, None))
-    c = m / np.outer(d, d) + ridge * np.eye(k)
-    b = np.full(k, np.sqrt(k / max(float(c.sum()), tiny)))
+        m = m / torch.linalg.norm(m).clamp_min(tiny)
+    d = m.diagonal().clamp_min(tiny).sqrt()
+    c = m / (d[:, None] * d[None, :]) + ridge * torch.eye(k, dtype=torch.float64)
+    b = torch.full((k,), float(k / max(float(c.sum()), tiny)) ** 0.5, dtype=torch.float64)
 
-    def f(x: np.ndarray) -> float:
-        return 0.5 * float(x @ c @ x) - float(np.log(x).sum())
+    def f(x: Tensor) -> float:
+        return float(0.5 * (x @ (c @ x)) - x.log().sum())
 
     for _ in range(max_iter):
         grad = c @ b - 1.0 / b
-        hess = c + np.diag(1.0 / b**2)
-        step = -np.linalg.solve(hess, grad)
-        decrement = float(-grad @ step)  # lambda^2
+        hess = c + torch.diag(1.0 / b**2)
+        step = -torch.linalg.solve(hess, grad)
+        decrement = float(-(grad @ step))  # lambda^2
         if decrement <= tol:
             break
         # damped Newton (self-concordance keeps b + t step > 0), then Armijo backtracking from 1
-        t = 1.0 / (1.0 + np.sqrt(decrement)) if decrement > 0.25 else 1.0
+        t = 1.0 / (1.0 + decrement**0.5) if decrement > 0.25 else 1.0
         negative = step < 0
-        if negative.any():
-            t = min(t, 0.99 * float(np.min(-b[negative] / step[negative])))
+        if bool(negative.any()):
+            t = min(t, 0.99 * float((-b[negative] / step[negative]).min()))
         fb = f(b)
         while f(b + t * step) > fb - 0.25 * t * decrement and t > 1e-12:
             t *= 0.5

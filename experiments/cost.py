@@ -12,8 +12,9 @@ What is measured, per variant and K (see :func:`bench` for the columns):
   trainer (uniform, variant, uniform, variant, ... over the repeats, after warm-up steps; the
   order of the variants rotates between repeats; the O(K) methods come last, as their steps of
   seconds and hundreds of MB would disturb the others' timings). ``time_ratio`` is the median
-  over repeats of (variant block time / the uniform block timed just before it), so that drifts
-  of the machine's load cancel; ``time_ratio_iqr`` its interquartile range; ``time_ms`` /
+  over repeats of (variant block time / the adjacent uniform block), so that drifts of the
+  machine's load cancel (the uniform block comes first in even repeats and second in odd ones, so
+  that neither position's cache state biases the ratio); ``time_ratio_iqr`` its interquartile range; ``time_ms`` /
   ``uniform_ms`` are medians of the per-step times. ``clock="wall"`` (elapsed time) or
   ``"process"`` (the process's CPU time, which does not count the time other jobs hold the cores:
   with one torch thread, the robust choice on a shared machine). On CUDA the device is
@@ -446,9 +447,13 @@ def bench(
                 "times": [], "uniform": [], "ratios": [],
             }
 
-        def pair(r: Runner, steps: int) -> None:
-            t_uniform = uniform.timed(steps, timer)
-            t = r.timed(steps, timer)
+        def pair(r: Runner, steps: int, variant_first: bool) -> None:
+            if variant_first:
+                t = r.timed(steps, timer)
+                t_uniform = uniform.timed(steps, timer)
+            else:
+                t_uniform = uniform.timed(steps, timer)
+                t = r.timed(steps, timer)
             s = stats[r.variant.label]
             s["times"].append(t)
             s["uniform"].append(t_uniform)
@@ -458,14 +463,14 @@ def bench(
         # always follows the same one); then the O(K) methods, whose steps of seconds and hundreds
         # of MB would disturb the others' timings (allocator trims, page faults)
         order = [r for r in runners if not r.variant.o_k]
-        for _ in range(repeats):
+        for rep in range(repeats):
             order = order[1:] + order[:1]
             for r in order:
-                pair(r, steps_per_block)
+                pair(r, steps_per_block, variant_first=rep % 2 == 1)  # ABBA: no order bias
         for r in runners:
             if r.variant.o_k:
-                for _ in range(min(repeats, ok_repeats)):
-                    pair(r, 1)
+                for rep in range(min(repeats, ok_repeats)):
+                    pair(r, 1, variant_first=rep % 2 == 1)
         uniform_peak = stats[BASELINE]["peak"]
         all_uniform = [t for r in runners for t in stats[r.variant.label]["uniform"]]
         uniform_ms = 1e3 * statistics.median(all_uniform) if all_uniform else float("nan")
@@ -535,7 +540,7 @@ def to_markdown(frame: pd.DataFrame) -> str:
 def pivots(frame: pd.DataFrame) -> str:
     """Markdown: passes per method, then time ratio, memory ratio and own overhead (% of the uniform
     step) as method x K tables (``skip`` where an O(K) method was not measured)."""
-    measured = frame[frame["note"].fillna("") == ""]
+    measured = frame[frame["note"].isna() | (frame["note"] == "")]
     methods = list(dict.fromkeys(frame["method"]))
     passes = measured.groupby("method", sort=False)[["fwd", "bwd"]].first()
     passes["task_grads"] = measured.groupby("method", sort=False)["task_grads"].max().map(
@@ -587,10 +592,13 @@ def plot(frame: pd.DataFrame, path: Path) -> Path:
 
     data = frame[frame["method"] != "uniform"].dropna(subset=["time_ratio"])
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    for method, group in data.groupby("method", sort=False):
+    colors = plt.get_cmap("tab20").colors
+    markers = "os^vD<>pPX*h"
+    for i, (method, group) in enumerate(data.groupby("method", sort=False)):
         group = group.sort_values("K")
         o_k = bool((group["task_grads"] > 0).any())
-        ax.plot(group["K"], group["time_ratio"], marker="o", linestyle="--" if o_k else "-", label=method)
+        ax.plot(group["K"], group["time_ratio"], marker=markers[i % len(markers)], color=colors[(2 * i) % 20 + (i // 10) % 2],
+                linestyle="--" if o_k else "-", label=method + (" (O(K))" if o_k else ""))
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")

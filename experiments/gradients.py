@@ -154,9 +154,8 @@ class CosineProbe:
         self.model, self.bench, self.device, self.every = model, bench, device, int(every)
         self.tasks = list(bench.task_names)
         self.batch: Any = None
-        #: "auto" until the probe has timed both methods (see ``_next_method``)
-        self.method = "auto"
-        self.trials: list[tuple[str, float]] = []
+        #: vmap until an operation without a batching rule makes it fail once; then the loop
+        self.method = "vmap"
         self.rows: list[dict[str, Any]] = []
 
     def set_batch(self, loader: Any) -> None:
@@ -167,27 +166,11 @@ class CosineProbe:
             batch = next(iter(loader))
         self.batch = self.bench.to_device(batch, self.device)
 
-    #: the methods the first probes run in ``auto`` mode (vmap twice: its first call pays a
-    #: one-time warm-up that would bias the comparison)
-    TRIAL_ORDER = ("vmap", "loop", "vmap")
-
-    def _next_method(self) -> str:
-        """``auto``: the first probes run vmap, the per-task loop and vmap again; then the faster
-        method is kept (vmap wins for small models and many tasks; for graph networks with
-        per-edge weight matrices the batched backward can be slower than K plain ones)."""
-        if self.method != "auto":
-            return self.method
-        if len(self.trials) < len(self.TRIAL_ORDER):
-            return self.TRIAL_ORDER[len(self.trials)]
-        latest = dict(self.trials)  # the last timing of each method
-        self.method = min(latest, key=latest.get)
-        return self.method
-
     def measure(self, step: int, epoch: int) -> None:
         started = time.perf_counter()
         was_training = self.model.training
         devices = [self.device] if self.device.type == "cuda" else []
-        method = self._next_method()
+        method = self.method
         try:
             self.model.eval()
             with torch.random.fork_rng(devices=devices):
@@ -200,8 +183,6 @@ class CosineProbe:
                     grads = task_gradients(self.model, self.bench, self.batch, method="loop")
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
-            if self.method == "auto":
-                self.trials.append((method, time.perf_counter() - started))
         finally:
             self.model.train(was_training)
         row: dict[str, Any] = {"step": step, "epoch": epoch, "mean_cosine": mean_pairwise_cosine(grads)}

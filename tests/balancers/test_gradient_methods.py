@@ -167,8 +167,8 @@ def test_nash_and_imtlg_on_random_gradients(k: int) -> None:
     a = solve("imtlg", g)
     p = projections(g, a)
     assert float((p.max() - p.min()) / p.abs().max()) < 1e-8 and abs(float(a.sum()) - 1) < 1e-10
-    raw = nash_weights((g @ g.T).numpy(), normalize=False)
-    np.testing.assert_allclose((g @ g.T).numpy() @ raw, 1 / raw, rtol=1e-5)
+    raw = nash_weights(g @ g.T, normalize=False)
+    torch.testing.assert_close((g @ g.T) @ raw, 1 / raw, rtol=1e-5, atol=0)
 
 
 # -------------------------------------------------------------------- the trainer-facing path
