@@ -29,7 +29,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--ok-repeats", type=int, default=3, help="timed block pairs for O(K) methods (1 step each)")
     p.add_argument("--hidden", type=int, default=None, help="mlp hidden width (default 512)")
     p.add_argument("--depth", type=int, default=None, help="mlp hidden layers (default 3)")
-    p.add_argument("--batch-size", type=int, default=None, help="default 256 (mlp) / 128 (qm9)")
+    p.add_argument("--batch-size", type=int, default=None, help="default 256 (mlp) / 32 (qm9)")
     p.add_argument("--clock", choices=("wall", "process"), default="wall",
                    help="wall: elapsed time; process: the process's CPU time (robust to other jobs on a "
                         "shared machine when used with --threads 1)")
@@ -78,7 +78,8 @@ def bench_command(args: argparse.Namespace) -> int:
     machine = cost.machine_description(args.device)
     header = (f"balancebench bench --model {args.model} --device {args.device}: {machine['device']}, "
               f"{machine['threads']} threads, torch {machine['torch']}, {time.strftime('%Y-%m-%d %H:%M')}, "
-              f"{args.clock} clock, {time.perf_counter() - started:.0f}s, load average (1/5/15 min) {load_before} before, {_load()} after")
+              f"{args.clock} clock, {time.perf_counter() - started:.0f}s, "
+              f"load average (1/5/15 min) {load_before} before, {_load()} after")
     paths = cost.write_outputs(frame, Path(args.out), header)
     print(header)
     print()

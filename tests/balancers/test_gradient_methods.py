@@ -138,7 +138,8 @@ def test_mgda_normalizations() -> None:
     torch.testing.assert_close(solve("mgda", ORTHO_3, normalization="l2"), torch.full((3,), 1 / 3, dtype=F64))
     # "loss": g_i / loss_i; with losses equal to the norms this is the l2 case again
     n = ORTHO_3.norm(dim=1)
-    torch.testing.assert_close(solve("mgda", ORTHO_3, losses=n, normalization="loss"), torch.full((3,), 1 / 3, dtype=F64))
+    torch.testing.assert_close(solve("mgda", ORTHO_3, losses=n, normalization="loss"),
+                               torch.full((3,), 1 / 3, dtype=F64))
 
 
 @pytest.mark.parametrize("k", [2, 3, 8, 40])
