@@ -86,16 +86,19 @@ def build_scheduler(cfg: RunConfig, optimizer: torch.optim.Optimizer) -> Any:
 
 
 def build_balancer(cfg: RunConfig, bench: Benchmark) -> Balancer:
-    """The configured balancer; benchmarks' loss lower bounds go to a ``min_losses`` hyperparameter
-    when the balancer has one and the config does not set it."""
+    """The configured balancer. Unless the config sets them: a benchmark's loss lower bounds go to
+    a ``min_losses`` hyperparameter, and the run seed to a stochastic balancer's ``seed``."""
     try:
         info = balancer_info(cfg.balancer.name)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     hparams = {**(cfg.method_defaults.get(cfg.balancer.name) or {}), **cfg.balancer.hparams}
+    accepted = inspect.signature(info.cls.__init__).parameters
     bounds = getattr(bench, "loss_lower_bounds", None)
-    if bounds is not None and "min_losses" in inspect.signature(info.cls.__init__).parameters:
+    if bounds is not None and "min_losses" in accepted:
         hparams.setdefault("min_losses", list(bounds))
+    if info.stochastic and "seed" in accepted:  # each run seed gets its own balancer draws
+        hparams.setdefault("seed", cfg.seed)
     try:
         return create_balancer(cfg.balancer.name, bench.n_tasks, **hparams)
     except ValueError as exc:

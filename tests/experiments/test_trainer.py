@@ -173,3 +173,13 @@ def test_stl_reference_trains_one_model_per_task(tmp_path: Path) -> None:
     assert config["balancer"] == {"name": "fixed", "hparams": {"weights": [0.0, 1.0, 0.0]}}  # one-hot
     assert config["objective_tasks"] == ["task1"]
     assert all(math.isfinite(v) for v in data["metrics"].values())
+
+
+def test_stochastic_balancers_draw_from_the_run_seed(tmp_path: Path) -> None:
+    seeds = []
+    for seed in (0, 1):
+        trainer = Trainer(synthetic_cfg(tmp_path, balancer={"name": "rlw"}, seed=seed), tmp_path / f"s{seed}")
+        seeds.append(trainer.balancer.seed)
+    assert seeds == [0, 1]
+    pinned = Trainer(synthetic_cfg(tmp_path, balancer={"name": "rlw", "hparams": {"seed": 7}}, seed=1), tmp_path / "p")
+    assert pinned.balancer.seed == 7  # an explicit balancer seed wins
