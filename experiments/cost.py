@@ -317,33 +317,28 @@ def _overhead_probe(trainer: Any, clock: Callable[[], float] = time.perf_counter
     sync = (lambda: torch.cuda.synchronize(trainer.device)) if trainer.device.type == "cuda" else (lambda: None)
     depth = {"in_balancer": 0, "in_pass": 0}
 
-    def timed_pass(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def timed(fn: Callable[..., Any], level: str, total: str, only_inside_balancer: bool) -> Callable[..., Any]:
+        """``fn`` with its synchronised wall time added to ``acc[total]``; a model pass counts only
+        when called from the balancer, and not when nested in another pass."""
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if not depth["in_balancer"] or depth["in_pass"]:
+            if only_inside_balancer and (not depth["in_balancer"] or depth["in_pass"]):
                 return fn(*args, **kwargs)
-            depth["in_pass"] += 1
+            depth[level] += 1
             sync()
             start = clock()
             try:
                 return fn(*args, **kwargs)
             finally:
                 sync()
-                acc["model_passes"] += clock() - start
-                depth["in_pass"] -= 1
+                acc[total] += clock() - start
+                depth[level] -= 1
         return wrapper
 
+    def timed_pass(fn: Callable[..., Any]) -> Callable[..., Any]:
+        return timed(fn, "in_pass", "model_passes", only_inside_balancer=True)
+
     def timed_balancer(fn: Callable[..., Any]) -> Callable[..., Any]:
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            depth["in_balancer"] += 1
-            sync()
-            start = clock()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                sync()
-                acc["balancer"] += clock() - start
-                depth["in_balancer"] -= 1
-        return wrapper
+        return timed(fn, "in_balancer", "balancer", only_inside_balancer=False)
 
     original_grad = torch.autograd.grad
 

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from experiments.benchmarks.base import Benchmark, MetricSpec
+from experiments.errors import ConfigError
+
+#: the file ``balancebench stl`` writes into its output directory
+REFERENCE_FILE = "stl_reference.json"
 
 
 @torch.no_grad()
@@ -50,3 +56,19 @@ def literature_reference(specs: Sequence[MetricSpec]) -> dict[str, float] | None
     if specs and all(s.stl is not None for s in specs):
         return {s.name: float(s.stl) for s in specs}  # type: ignore[arg-type]
     return None
+
+
+def load_reference_file(path: str, specs: Sequence[MetricSpec]) -> dict[str, float]:
+    """Single-task references from a ``balancebench stl`` file (or its directory). For the
+    validation objective, validation metrics are used when the file has them."""
+    file = Path(path)
+    if file.is_dir():
+        file = file / REFERENCE_FILE
+    if not file.is_file():
+        raise ConfigError(f"reference: no STL reference file at {path}")
+    data = json.loads(file.read_text())
+    metrics = data.get("val_metrics") or data.get("metrics", data)
+    missing = [m.name for m in specs if m.name not in metrics]
+    if missing:
+        raise ConfigError(f"reference {path} lacks metrics {missing}")
+    return {m.name: float(metrics[m.name]) for m in specs}

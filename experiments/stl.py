@@ -13,8 +13,7 @@ from experiments import rundir
 from experiments.config import RunConfig, replace
 from experiments.trainer import train
 from experiments.benchmarks import create_benchmark
-
-REFERENCE_FILE = "stl_reference.json"
+from experiments.evaluation import REFERENCE_FILE
 
 
 def train_stl_references(cfg: RunConfig, out: Path) -> Path:

@@ -25,7 +25,7 @@ from experiments import rundir
 from experiments.benchmarks import Benchmark, create_benchmark
 from experiments.config import RunConfig
 from experiments.errors import ConfigError, NonFiniteLossError, UserError
-from experiments.evaluation import delta_m, evaluate, literature_reference
+from experiments.evaluation import delta_m, evaluate, literature_reference, load_reference_file
 from experiments.gradients import CosineProbe
 from experiments.progress import progress_bar
 from experiments.runlog import RunLog
@@ -263,7 +263,7 @@ class Trainer:
         configured, else the untrained model's validation metrics (same for every method at a seed)."""
         spec = self.cfg.reference
         if spec not in ("auto", "literature", "initial"):
-            return _load_reference(spec, self.bench), f"stl:{spec}"
+            return load_reference_file(spec, self.bench.metrics), f"stl:{spec}"
         literature = literature_reference(self.bench.metrics)
         valid_here = self.cfg.scale in (None, "full") or self.bench.reference_at_any_scale
         if spec == "literature" or (spec == "auto" and literature and valid_here):
@@ -365,23 +365,6 @@ def _status_of(exc: BaseException) -> str:
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted"
     return "failed"
-
-
-def _load_reference(path: str, bench: Benchmark) -> dict[str, float]:
-    import json
-
-    file = Path(path)
-    if file.is_dir():
-        file = file / "stl_reference.json"
-    if not file.is_file():
-        raise ConfigError(f"reference: no STL reference file at {path}")
-    data = json.loads(file.read_text())
-    # validation objective: compare validation with validation when the file has both
-    metrics = data.get("val_metrics") or data.get("metrics", data)
-    missing = [m.name for m in bench.metrics if m.name not in metrics]
-    if missing:
-        raise ConfigError(f"reference {path} lacks metrics {missing}")
-    return {m.name: float(metrics[m.name]) for m in bench.metrics}
 
 
 def load_run_dir_config(run_dir: Path) -> RunConfig:
