@@ -2,14 +2,25 @@
 (``experiments.trainer.train``, ``experiments.toy_runs.run_toy``) or reused when a finished run
 directory with the same name already exists under ``--out``. Analysis itself only reads them.
 
+Seeds and the sequential plan: every scale has an ordered list of evidence seeds (disjoint from
+seed 0, the seed of single-task references and of hyperparameter searches) and a list of
+*looks* — seed counts at which the claims are decided. A seed-level claim is first checked on
+the first ``looks[0]`` seeds; while it is inconclusive, seeds are added (trained on demand,
+earlier ones reused) up to the next look, until it is decided or the last look (the cap) is
+reached. Every look tests at α / len(looks) (Bonferroni over the looks; see
+:mod:`analysis.verdicts`), so the chance of a false decision over all looks stays <= α.
+
 Scales:
 
-* ``tiny``: 2 seeds and the benchmark configs' ``tiny`` scale with minimal epochs (CI time;
-  every seed-level verdict is then "inconclusive: too few seeds", by design).
-* ``small``: 3 seeds, CPU-sized (under an hour on 2 cores in total; QM9 on a 1,000-molecule
-  subset for 2 epochs).
-* ``full``: 3 seeds (seed 000 Table 2 / seed 004 Fig. 3) at the configs' ``full`` scale (the
-  papers' settings; meant for a GPU).
+* ``tiny``: 2 seeds, one look, and the benchmark configs' ``tiny`` scale with minimal epochs
+  (CI time; every seed-level verdict is then "inconclusive: too few seeds", by design).
+* ``small``: looks at 5, 7 and 10 seeds, CPU-sized (QM9 on a 1,000-molecule subset for 2 epochs).
+* ``full``: looks at 5, 7 and 10 seeds at the configs' ``full`` scale (the papers' settings;
+  meant for a GPU).
+
+A run that diverges (non-finite loss) is kept as it is — its summary says ``diverged`` — and is
+reused as such; the checks count it as that method's failure (see :mod:`analysis.verdicts`)
+instead of aborting the table.
 """
 
 from __future__ import annotations
@@ -23,32 +34,49 @@ from typing import Any
 from balancers import balancer_info
 from experiments import rundir
 from experiments.config import CONFIG_DIR, deep_merge, load_run_config
+from experiments.errors import NonFiniteLossError
+from analysis.verdicts import ALPHA
 from experiments.gradients import DEFAULT_COSINE_EVERY
 
 
 @dataclass(frozen=True)
 class ScalePlan:
     scale: str
+    #: evidence seeds in the order they are added (the cap is ``looks[-1]``)
     seeds: tuple[int, ...]
+    #: seed counts at which seed-level claims are decided (increasing; the last is the cap)
     #: extra overrides per benchmark config name (on top of the config's scale section)
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: balancers compared with uniform on the two-similar-tasks variants (F3) and for the gain (F5)
     balancers: tuple[str, ...] = ("famo", "marigold")
     cosine_every: int = DEFAULT_COSINE_EVERY
+    looks: tuple[int, ...] = (5, 7, 10)
 
+    def __post_init__(self) -> None:
+        if not self.looks or list(self.looks) != sorted(set(self.looks)) or self.looks[-1] > len(self.seeds):
+            raise ValueError(f"looks must increase and end at most at len(seeds)={len(self.seeds)}, got {self.looks}")
+
+    @property
+    def alpha(self) -> float:
+        """The level each look tests at: α / number of looks (Bonferroni over the looks)."""
+        return ALPHA / len(self.looks)
+
+
+#: evidence seeds: 1, 2, ... (seed 0 trains single-task references and is the searches' seed)
+EVIDENCE_SEEDS = tuple(range(1, 11))
 
 PLANS: dict[str, ScalePlan] = {
-    "tiny": ScalePlan("tiny", (0, 1), {
+    "tiny": ScalePlan("tiny", EVIDENCE_SEEDS[:2], {
         "multimnist": {"train": {"epochs": 2, "log_every": 1}},
         "synthetic": {"train": {"epochs": 2, "log_every": 2}},
         "qm9": {"train": {"epochs": 1, "max_steps_per_epoch": 2, "log_every": 1}},
-    }, cosine_every=4),
-    "small": ScalePlan("small", (0, 1, 2), {
+    }, cosine_every=4, looks=(2,)),
+    "small": ScalePlan("small", EVIDENCE_SEEDS, {
         "multimnist": {"train": {"log_every": 4}},
         "synthetic": {"train": {"epochs": 10, "log_every": 4}},
         "qm9": {"benchmark": {"options": {"subset": 1000}}, "train": {"epochs": 2, "log_every": 4}},
     }, cosine_every=DEFAULT_COSINE_EVERY),
-    "full": ScalePlan("full", (0, 1, 2), {
+    "full": ScalePlan("full", EVIDENCE_SEEDS, {
         "multimnist": {"train": {"log_every": 20}},
         "synthetic": {"train": {"log_every": 20}},
         "qm9": {"train": {"log_every": 20}},
@@ -74,10 +102,24 @@ class ClaimRuns:
         self.plan = PLANS[scale]
         self.root = Path(out) / scale
         self.quiet = quiet
+        self.look = 0
 
     @property
     def seeds(self) -> tuple[int, ...]:
-        return self.plan.seeds
+        """The seeds of the current look (the first ``plan.looks[look]`` evidence seeds)."""
+        return self.plan.seeds[: self.plan.looks[self.look]]
+
+    @property
+    def alpha(self) -> float:
+        """The level the checks test at (per look; see ``ScalePlan.alpha``)."""
+        return self.plan.alpha
+
+    def at_look(self, look: int) -> "ClaimRuns":
+        """Move to look ``look`` (0-based): ``seeds`` then has that look's seeds."""
+        if not 0 <= look < len(self.plan.looks):
+            raise ValueError(f"look must be in [0, {len(self.plan.looks)}), got {look}")
+        self.look = look
+        return self
 
     def say(self, text: str) -> None:
         if not self.quiet:
@@ -126,12 +168,23 @@ class ClaimRuns:
         if stl is not None:
             overrides["reference"] = str(Path(stl).resolve())  # absolute: readable from any directory
         cfg = self._config(config, overrides, variant, extra)
-        if _complete(run_dir):
+        if _finished(run_dir):
             _check_same_config(run_dir, cfg)
             return run_dir
         self.say(f"training {setting} {label} seed {seed} -> {run_dir}")
-        train(cfg, run_dir, resume=True)
+        try:
+            train(cfg, run_dir, resume=True)
+        except NonFiniteLossError as exc:  # the summary says "diverged"; the checks count it as a failure
+            self.say(f"{setting} {label} seed {seed} diverged ({exc}); counted as {label}'s failure")
         return run_dir
+
+    def interleaved_epoch_seconds(self, run_dirs: list[Path]) -> list[float | None]:
+        """Seconds per training epoch of these runs' configurations (runs of one seed), measured
+        interleaved in this process (:mod:`analysis.claim_timing`; cached under ``timing/``)."""
+        from analysis.claim_timing import cached_epoch_seconds
+
+        self.say(f"timing {', '.join(d.parent.name for d in run_dirs)} interleaved ({run_dirs[0].name})")
+        return cached_epoch_seconds(self.root, run_dirs)
 
     def toy(self, toy_dir: str | Path | None = None) -> Any:
         """FAMO Fig. 1 runs (uniform and FAMO from the five starts): reused from ``toy_dir`` (e.g.
@@ -153,12 +206,16 @@ def extra_name(extra: dict[str, Any] | None) -> str:
     return "_".join(f"{k}{v}" for k, v in sorted(options.items())) or "custom"
 
 
-def _complete(run_dir: Path) -> bool:
+#: final statuses: such a run is reused as it is (a diverged run diverges again when re-run)
+FINISHED = ("complete", "diverged")
+
+
+def _finished(run_dir: Path) -> bool:
     path = Path(run_dir) / rundir.SUMMARY
     if not path.is_file():
         return False
     try:
-        return json.loads(path.read_text()).get("status") == "complete"
+        return json.loads(path.read_text()).get("status") in FINISHED
     except json.JSONDecodeError:
         return False
 

@@ -1,14 +1,23 @@
 """``balancebench claims``: each published claim as a check that runs what it needs (or reuses the
 runs under ``--out``), measures, and answers with a declared test (see :mod:`analysis.verdicts`).
 
-The verdict table (printed as Markdown; written as ``claims.md`` / ``claims.csv`` under
-``--out/<scale>``) has one row per claim: id, claim, source (seed and section), measured numbers,
-seeds, the statistical test and threshold, the verdict and its reason.
+Seed-level claims follow the scale's sequential plan (:mod:`analysis.claim_runs`): checked at the
+first look's seeds, then — while inconclusive — again with the seeds added up to each next look,
+until decided or at the cap; every look tests at α / (number of looks).
+
+``claims.csv`` under ``--out/<scale>`` has the columns ``COLUMNS``: id, claim, source (seed and
+section), verdict, seeds_per_group (seeds per method at the deciding or last look; the check's own
+description for deterministic claims), test (the test, its level and the plan), p_value (the
+claim's p-value in the direction of its verdict — refutation for "not supported", support
+otherwise — Holm-adjusted over the claim's parts and multiplied by the number of looks, so it
+compares with α = 0.05; empty for deterministic checks) and measured (the numbers). ``claims.md``
+and the printed table add the seeds, the reason (every part's verdict) and the check's seconds.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +28,7 @@ import pandas as pd
 
 from analysis import claim_checks as checks
 from analysis.claim_runs import ClaimRuns
+from analysis.verdicts import ALPHA, INCONCLUSIVE, NOT_SUPPORTED, Verdict
 from experiments import rundir
 from experiments.errors import UserError
 
@@ -29,11 +39,13 @@ class Claim:
     claim: str
     source: str
     check: Callable[..., checks.Outcome]
+    #: decided on seeds, along the sequential plan (False: a deterministic check, run once)
+    sequential: bool = True
 
 
 CLAIMS: dict[str, Claim] = {c.id: c for c in [
     Claim("F1", "FAMO reaches the Pareto front of the toy from all five starts; uniform+Adam fails from >= 1",
-          "seed 000 Fig. 1 (§5.1)", checks.check_f1),
+          "seed 000 Fig. 1 (§5.1)", checks.check_f1, sequential=False),
     Claim("F2", "On QM9, FAMO's Δm% is better (lower) than uniform loss's",
           "seed 000 Table 2 (58.5 vs 177.6)", checks.check_f2),
     Claim("F3", "On two similar tasks (Multi-MNIST CL_CR, RL_RR) uniform matches the balancers and their weights "
@@ -44,12 +56,13 @@ CLAIMS: dict[str, Claim] = {c.id: c for c in [
     Claim("F5", "Mean task-gradient cosine similarity correlates with when uniform matches the balancers "
           "(higher cosine, smaller balancer gain)", "seed 003 §A.2.1, Fig. 7", checks.check_f5),
     Claim("F6", "With equal losses and equal initial logits FAMO keeps equal weights",
-          "seed 003 App. A.4, Prop. 6", checks.check_f6),
+          "seed 003 App. A.4, Prop. 6", checks.check_f6, sequential=False),
     Claim("F7", "MARIGOLD beats FAMO at equal wall time and is faster per epoch",
           "seed 004 Fig. 3, Table 3", checks.check_f7),
 ]}
 
-COLUMNS = ["id", "claim", "source", "measured", "seeds", "test", "verdict", "reason", "seconds"]
+COLUMNS = ["id", "claim", "source", "verdict", "seeds_per_group", "test", "p_value", "measured"]
+MD_COLUMNS = COLUMNS + ["seeds", "reason", "seconds"]
 
 
 def select(only: str | None) -> list[Claim]:
@@ -62,21 +75,47 @@ def select(only: str | None) -> list[Claim]:
     return [CLAIMS[x] for x in wanted]
 
 
+def reported_p(verdict: Verdict, looks: int) -> float:
+    """The claim's p-value for the table: in the verdict's direction, × the number of looks."""
+    if verdict.exact:
+        return math.nan
+    p = verdict.p_refute if verdict.verdict == NOT_SUPPORTED else verdict.p_support
+    return min(1.0, looks * p) if math.isfinite(p) else math.nan
+
+
+def check_claim(claim: Claim, runs: ClaimRuns, **kwargs: Any) -> dict[str, Any]:
+    """One claim's row; a seed-level claim goes through the looks until it is decided."""
+    started = time.perf_counter()
+    looks = runs.plan.looks
+    for look in range(len(looks) if claim.sequential else 1):
+        runs.at_look(look)
+        measured, seeds, verdict = claim.check(runs, **kwargs)
+        runs.say(f"{claim.id} at {len(runs.seeds)} seeds: {verdict.verdict}")
+        if verdict.verdict != INCONCLUSIVE:
+            break
+    test = verdict.test
+    if claim.sequential:
+        stop = "decided" if verdict.verdict != INCONCLUSIVE else "cap reached, undecided"
+        test += (f"; sequential: looks at {'/'.join(map(str, looks))} seeds, each at α={ALPHA:g}/{len(looks)} "
+                 f"(Bonferroni over looks); {stop} at look {look + 1}")
+    return {"id": claim.id, "claim": claim.claim, "source": claim.source, "verdict": verdict.verdict,
+            "seeds_per_group": len(runs.seeds) if claim.sequential else seeds, "test": test,
+            "p_value": reported_p(verdict, len(looks) if claim.sequential else 1), "measured": measured,
+            "seeds": seeds, "reason": verdict.reason, "seconds": round(time.perf_counter() - started, 1)}
+
+
 def run_claims(scale: str = "tiny", only: str | None = None, out: str | Path = "results/claims",
                toy_dir: str | Path | None = None, quiet: bool = False) -> pd.DataFrame:
-    """Check the selected claims; returns the verdict table and writes it under ``out/<scale>``."""
+    """Check the selected claims; returns the verdict table (``MD_COLUMNS``) and writes
+    ``claims.csv`` (``COLUMNS``) and ``claims.md`` under ``out/<scale>``."""
     runs = ClaimRuns(out, scale, quiet=quiet)
     rows = []
     for claim in select(only):
-        started = time.perf_counter()
         kwargs: dict[str, Any] = {"toy_dir": toy_dir} if claim.id == "F1" else {}
-        measured, seeds, verdict = claim.check(runs, **kwargs)
-        rows.append({"id": claim.id, "claim": claim.claim, "source": claim.source, "measured": measured,
-                     "seeds": seeds, "test": verdict.test, "verdict": verdict.verdict, "reason": verdict.reason,
-                     "seconds": round(time.perf_counter() - started, 1)})
-        runs.say(f"{claim.id}: {verdict.verdict} ({time.perf_counter() - started:.0f} s)")
-    table = pd.DataFrame(rows, columns=COLUMNS)
-    rundir.write_table(runs.root / "claims.csv", table)
+        rows.append(check_claim(claim, runs, **kwargs))
+        runs.say(f"{claim.id}: {rows[-1]['verdict']} ({rows[-1]['seconds']:.0f} s)")
+    table = pd.DataFrame(rows, columns=MD_COLUMNS)
+    rundir.write_table(runs.root / "claims.csv", table[COLUMNS])
     rundir.atomic_write_text(runs.root / "claims.md", table.to_markdown(index=False) + "\n")
     return table
 

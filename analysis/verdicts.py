@@ -1,20 +1,58 @@
 """Declared statistical tests that turn measured numbers into a verdict — never written by hand.
 
 Every test returns a :class:`Verdict`: ``supported``, ``not supported`` or ``inconclusive``, the
-test's name and threshold, and the reason in words. The rules:
+test's name and level, the reason in words, and two p-values: ``p_support`` (the test whose
+rejection supports the claim; null hypothesis "the claim is false") and ``p_refute`` (the test
+whose rejection refutes it; null hypothesis "the claim is true"). At level α a test says
+*supported* when ``p_support <= α``, *not supported* when ``p_refute <= α``, *inconclusive*
+otherwise; the two cannot both hold (shown per rule below). The rules (docs/analysis.md, "Verdict
+rules", says the same in prose; every rule's error rate under its null is simulated in
+tests/analysis/test_verdict_error_rates.py):
 
-* **better** (Welch's t-test, one-sided, α = 0.05): *supported* when the claimed direction is
-  significant; *not supported* when the opposite direction is significant; *inconclusive* when
-  neither is, or with fewer than ``MIN_SEEDS`` seeds per group.
-* **equivalent** (bootstrap over seeds): the (1 − 2α) = 90 % percentile interval of the difference
-  of means (10,000 resamples of each group, fixed generator) — the interval form of two one-sided
-  tests. *Supported* when it lies inside ±margin, *not supported* when it lies entirely outside,
-  *inconclusive* otherwise or with too few seeds.
-* **correlation** (Pearson, one-sided, α = 0.05) over at least ``MIN_POINTS`` points.
-* **threshold** checks (counts, numerical tolerances) compare a measured number with a declared
-  bound; they need no seeds.
-* A claim made of several parts is supported when every part is, not supported when any part is
-  not, and inconclusive otherwise.
+* **better, paired** (:func:`paired_better`): runs of two methods at the same seed share the
+  initial model, the data order and the dropout masks (tested in
+  tests/experiments/test_seed_pairing.py), so the test is a one-sided paired t-test on the
+  per-seed differences (df = n − 1). ``p_support``: the claimed direction; ``p_refute``: the
+  opposite direction (they sum to 1).
+* **better, unpaired** (:func:`welch_better`): Welch's t-test, for the one comparison whose
+  groups are not paired by design (FAMO's weight spread on two different variants).
+* **equivalent** (:func:`tost_equivalent`): paired TOST — two one-sided paired t-tests of
+  H0: δ <= −margin and H0: δ >= +margin at α, δ = mean difference; ``p_support`` = the larger
+  of the two p-values (equivalently: the (1 − 2α) t-interval lies inside ±margin).
+  ``p_refute`` = 2 × the smaller p-value of H0: δ <= margin / H0: δ >= −margin (Bonferroni over
+  the two ways of lying outside, so a true |δ| <= margin is refuted with probability <= α).
+* **correlation** (:func:`correlation`): Pearson's r, one-sided t-test with n − 2 df.
+* **threshold** (:func:`threshold`): a measured number against a declared bound; no sampling
+  model, so it is *exact* (``p`` 0 or 1) and is not part of a multiplicity correction.
+
+Shared rules:
+
+* **Too few**: fewer than ``MIN_SEEDS`` seeds (``MIN_POINTS`` points) → inconclusive, numbers
+  still reported.
+* **No shortcut for zero variance**: when the spread of the differences (of a group, for
+  Welch) is at most ``RESOLUTION`` × the largest magnitude of the values — zero, or float
+  rounding — the t statistic is undefined or meaningless: *inconclusive* ("zero variance"),
+  whatever the means; 1 vs 1.0000001 on every seed is not evidence of anything.
+* **Failures count**: a value that is ``None`` or not finite (a diverged, failed or missing run)
+  is never dropped. With ``failure="worst"`` (performance numbers) it is replaced by the worst
+  value observed in the comparison (the highest when lower is better), so a failure counts
+  against the method that failed — also when that helps the claim (a baseline that diverged
+  lost that seed); a seed where both methods failed is a tie. With ``failure="against"``
+  (diagnostics without a performance direction) the replacement is the observed value least
+  favourable to the claim. No finite value at all → inconclusive.
+* **Several parts** (:func:`combine`): Holm's step-down correction over the statistical parts of
+  a claim, separately in both directions, at the claim's α. A part is supported when its
+  Holm-adjusted ``p_support`` <= α, not supported when its adjusted ``p_refute`` <= α. The claim
+  is *supported* when every part is supported, *not supported* when at least one part is not
+  supported, *inconclusive* otherwise. This bounds the family-wise rate of false per-part
+  statements by α in each direction: false "not supported" when every part is true, and false
+  "supported" for each part (for the claim as a whole this is conservative: an
+  intersection-union test would need each part at α only; Holm is the price of printing every
+  part's verdict as valid simultaneously). Exact parts (thresholds) enter with their own
+  verdict. The claim-level p-values are max(adjusted p_support) and min(adjusted p_refute).
+* **Repeated looks** (sequential seeds, :mod:`analysis.claims`): a check at a look of a plan
+  with L looks runs at α/L (Bonferroni over looks); its reported p-value is L × the claim-level
+  p-value (capped at 1), comparable with α = 0.05.
 """
 
 from __future__ import annotations
@@ -31,9 +69,11 @@ ALPHA = 0.05
 MIN_SEEDS = 3
 #: fewer points than this and a correlation answers "inconclusive"
 MIN_POINTS = 4
-BOOTSTRAP_SAMPLES = 10_000
+#: a spread at most this times the values' largest magnitude counts as zero variance
+RESOLUTION = 1e-9
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
+Values = Sequence[float | None]
 
 
 @dataclass
@@ -42,115 +82,290 @@ class Verdict:
     test: str
     reason: str
     numbers: dict[str, float] = field(default_factory=dict)
+    #: p-value of the test supporting the claim (H0: the claim is false); NaN when none ran
+    p_support: float = math.nan
+    #: p-value of the test refuting the claim (H0: the claim is true); NaN when none ran
+    p_refute: float = math.nan
+    #: a deterministic check (no sampling model): decided by its own verdict, not by p-values
+    exact: bool = False
 
 
-def _clean(values: Sequence[float]) -> np.ndarray:
-    return np.array([v for v in values if v is not None and math.isfinite(float(v))], dtype=float)
+def decide(p_support: float, p_refute: float, alpha: float) -> str:
+    """The verdict of one test (or one Holm-adjusted part) at level ``alpha``; NaN never decides."""
+    if p_support <= alpha:  # NaN compares False
+        return SUPPORTED
+    if p_refute <= alpha:
+        return NOT_SUPPORTED
+    return INCONCLUSIVE
 
 
-def _too_few(groups: dict[str, np.ndarray], min_seeds: int) -> str | None:
-    short = {k: len(v) for k, v in groups.items() if len(v) < min_seeds}
+# ------------------------------------------------------------------------------ vectorised cores
+# Each core works on arrays of shape (..., n) so that the simulation tests run the very code that
+# decides the claims on many samples at once.
+def degenerate(diff: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """True where the spread of ``diff`` (last axis) is zero up to float rounding of ``scale``."""
+    return np.std(diff, axis=-1, ddof=1) <= RESOLUTION * np.asarray(scale)
+
+
+def paired_t_p(gain: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One-sided paired t-test p-values (mean gain > 0, mean gain < 0); NaN where degenerate."""
+    n = gain.shape[-1]
+    se = np.std(gain, axis=-1, ddof=1) / math.sqrt(n)
+    bad = degenerate(gain, scale)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.where(bad, np.nan, np.mean(gain, axis=-1) / np.where(bad, 1.0, se))
+    return stats.t.sf(t, n - 1), stats.t.cdf(t, n - 1)
+
+
+def tost_p(diff: np.ndarray, margin: float, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Paired TOST: (p_support, p_refute) for |mean diff| < margin; NaN where degenerate."""
+    n = diff.shape[-1]
+    bad = degenerate(diff, scale)
+    se = np.where(bad, 1.0, np.std(diff, axis=-1, ddof=1) / math.sqrt(n))
+    mean = np.mean(diff, axis=-1)
+    t_low, t_high = (mean + margin) / se, (mean - margin) / se
+    support = np.maximum(stats.t.sf(t_low, n - 1), stats.t.cdf(t_high, n - 1))
+    refute = np.minimum(1.0, 2 * np.minimum(stats.t.sf(t_high, n - 1), stats.t.cdf(t_low, n - 1)))
+    return np.where(bad, np.nan, support), np.where(bad, np.nan, refute)
+
+
+def welch_p(a: np.ndarray, b: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Welch's one-sided p-values (mean a > mean b, mean a < mean b); NaN when both groups are
+    degenerate (no variance estimate at all)."""
+    na, nb = a.shape[-1], b.shape[-1]
+    va, vb = np.var(a, axis=-1, ddof=1) / na, np.var(b, axis=-1, ddof=1) / nb
+    bad = degenerate(a, scale) & degenerate(b, scale)
+    var = np.where(bad, 1.0, va + vb)
+    t = (np.mean(a, axis=-1) - np.mean(b, axis=-1)) / np.sqrt(var)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        df = var**2 / (va**2 / (na - 1) + vb**2 / (nb - 1))
+    return np.where(bad, np.nan, stats.t.sf(t, df)), np.where(bad, np.nan, stats.t.cdf(t, df))
+
+
+def holm(p: np.ndarray) -> np.ndarray:
+    """Holm-adjusted p-values along the last axis (NaN counts as 1)."""
+    p = np.where(np.isnan(p), 1.0, np.asarray(p, dtype=float))
+    m = p.shape[-1]
+    order = np.argsort(p, axis=-1, kind="stable")
+    ranked = np.take_along_axis(p, order, axis=-1) * (m - np.arange(m))
+    adjusted = np.minimum(1.0, np.maximum.accumulate(ranked, axis=-1))
+    out = np.empty_like(adjusted)
+    np.put_along_axis(out, order, adjusted, axis=-1)
+    return out
+
+
+# ------------------------------------------------------------------------------ failures
+def impute_failures(groups: Sequence[Values], worst_high: Sequence[bool]) -> tuple[list[np.ndarray], list[int]] | None:
+    """Replace each group's missing / non-finite values by the extreme of all finite values of
+    every group (the highest for a group whose ``worst_high``, else the lowest); None when no
+    value is finite. Returns (arrays, failures per group)."""
+    raw = [[float(v) if v is not None else math.nan for v in g] for g in groups]
+    finite = [v for g in raw for v in g if math.isfinite(v)]
+    if not finite:
+        return None
+    arrays, failures = [], []
+    for g, high in zip(raw, worst_high):
+        fill = max(finite) if high else min(finite)
+        arrays.append(np.array([v if math.isfinite(v) else fill for v in g], dtype=float))
+        failures.append(sum(not math.isfinite(v) for v in g))
+    return arrays, failures
+
+
+def _failure_note(names: Sequence[str], failures: Sequence[int], rule: str) -> str:
+    counted = [f"{n}: {k}" for n, k in zip(names, failures) if k]
+    return f"; failed runs counted as {rule} ({', '.join(counted)})" if counted else ""
+
+
+def _prepare(a: Values, b: Values, names: tuple[str, str], min_seeds: int, worst_high: tuple[bool, bool],
+             rule: str, paired: bool) -> tuple[np.ndarray, np.ndarray, float, str] | str:
+    """Shared checks of the two-group tests: (x, y, scale, failure note) or the reason to stop."""
+    if paired and len(a) != len(b):
+        raise ValueError(f"paired test needs values per seed for both groups, got {len(a)} and {len(b)}")
+    short = {n: len(v) for n, v in zip(names, (a, b)) if len(v) < min_seeds}
     if short:
         have = ", ".join(f"{k}: {n}" for k, n in short.items())
         return f"too few seeds ({have}; need >= {min_seeds} per group)"
-    return None
+    imputed = impute_failures([a, b], worst_high)
+    if imputed is None:
+        return "no finite value in either group (every run failed)"
+    (x, y), failures = imputed
+    scale = float(max(np.abs(x).max(), np.abs(y).max()))
+    return x, y, scale, _failure_note(names, failures, rule)
 
 
-def welch_better(a: Sequence[float], b: Sequence[float], *, lower_is_better: bool = True, alpha: float = ALPHA,
-                 min_seeds: int = MIN_SEEDS, names: tuple[str, str] = ("a", "b")) -> Verdict:
-    """Claim: group ``a`` is better than group ``b`` (lower values when ``lower_is_better``)."""
-    x, y = _clean(a), _clean(b)
+def _means(a: Values, b: Values) -> dict[str, float]:
+    def mean(v: Values) -> float:
+        finite = [float(x) for x in v if x is not None and math.isfinite(float(x))]
+        return float(np.mean(finite)) if finite else math.nan
+
+    return {"mean_a": mean(a), "mean_b": mean(b), "n_a": len(a), "n_b": len(b)}
+
+
+# ------------------------------------------------------------------------------ tests
+def paired_better(a: Values, b: Values, *, lower_is_better: bool = True, alpha: float = ALPHA,
+                  min_seeds: int = MIN_SEEDS, names: tuple[str, str] = ("a", "b"), failure: str = "worst") -> Verdict:
+    """Claim: ``a`` is better than ``b`` (lower when ``lower_is_better``); ``a[i]`` and ``b[i]``
+    come from the same seed. ``numbers``: finite-run means, ``diff`` = mean(a − b) after failures
+    are counted, ``p`` / ``p_opposite``."""
     sign = "<" if lower_is_better else ">"
-    test = f"Welch t-test, one-sided ({names[0]} {sign} {names[1]}), α={alpha}"
-    numbers = {"mean_a": float(x.mean()) if len(x) else math.nan, "mean_b": float(y.mean()) if len(y) else math.nan}
-    short = _too_few({names[0]: x, names[1]: y}, min_seeds)
-    if short:
-        return Verdict(INCONCLUSIVE, test, short, numbers)
-    if np.ptp(x) == 0 and np.ptp(y) == 0:  # both groups constant: no variance to test against
-        if numbers["mean_a"] == numbers["mean_b"]:
-            return Verdict(INCONCLUSIVE, test, "identical constant groups: no difference to test", numbers)
-        better = (numbers["mean_a"] < numbers["mean_b"]) == lower_is_better
-        return Verdict(SUPPORTED if better else NOT_SUPPORTED, test, "zero variance in both groups; "
-                       f"{names[0]} is {'better' if better else 'worse'} on every seed", numbers)
-    claimed = "less" if lower_is_better else "greater"
-    opposite = "greater" if lower_is_better else "less"
-    p_claim = float(stats.ttest_ind(x, y, equal_var=False, alternative=claimed).pvalue)
-    p_opp = float(stats.ttest_ind(x, y, equal_var=False, alternative=opposite).pvalue)
+    test = f"paired t-test, one-sided ({names[0]} {sign} {names[1]}), α={alpha:.3g}"
+    numbers = _means(a, b)
+    worst_high = _worst_high(lower_is_better, failure)
+    prepared = _prepare(a, b, names, min_seeds, worst_high, _rule(failure), paired=True)
+    if isinstance(prepared, str):
+        return Verdict(INCONCLUSIVE, test, prepared, numbers, 1.0, 1.0)
+    x, y, scale, note = prepared
+    gain = (y - x) if lower_is_better else (x - y)
+    numbers["diff"] = float(np.mean(x - y))
+    p_claim, p_opp = (float(p) for p in paired_t_p(gain, scale))
+    if math.isnan(p_claim):
+        return Verdict(INCONCLUSIVE, test, f"zero variance of the per-seed differences (all {numbers['diff']:.6g}): "
+                       f"the t statistic is undefined, no test{note}", numbers, math.nan, math.nan)
     numbers.update(p=p_claim, p_opposite=p_opp)
-    if p_claim < alpha:
-        return Verdict(SUPPORTED, test, f"{names[0]} {sign} {names[1]} is significant (p={p_claim:.3g} < {alpha})", numbers)
-    if p_opp < alpha:
-        return Verdict(NOT_SUPPORTED, test, f"the opposite is significant (p={p_opp:.3g} < {alpha})", numbers)
-    return Verdict(INCONCLUSIVE, test, f"no significant difference (p={p_claim:.3g} >= {alpha})", numbers)
+    return Verdict(decide(p_claim, p_opp, alpha), test, _better_reason(names, sign, p_claim, p_opp, alpha) + note,
+                   numbers, p_claim, p_opp)
 
 
-def bootstrap_equivalent(a: Sequence[float], b: Sequence[float], margin: float, *, alpha: float = ALPHA,
-                         min_seeds: int = MIN_SEEDS, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0,
-                         names: tuple[str, str] = ("a", "b")) -> Verdict:
-    """Claim: the means of ``a`` and ``b`` differ by less than ``margin`` (equivalence)."""
-    x, y = _clean(a), _clean(b)
-    level = 1 - 2 * alpha
-    test = f"bootstrap {level:.0%} CI of mean({names[0]}) − mean({names[1]}) within ±{margin:g}"
-    numbers = {"mean_a": float(x.mean()) if len(x) else math.nan, "mean_b": float(y.mean()) if len(y) else math.nan}
-    short = _too_few({names[0]: x, names[1]: y}, min_seeds)
-    if short:
-        return Verdict(INCONCLUSIVE, test, short, numbers)
-    gen = np.random.default_rng(seed)
-    diffs = (gen.choice(x, size=(samples, len(x))).mean(axis=1) - gen.choice(y, size=(samples, len(y))).mean(axis=1))
-    low, high = (float(v) for v in np.quantile(diffs, [alpha, 1 - alpha]))
-    numbers.update(diff=float(x.mean() - y.mean()), ci_low=low, ci_high=high)
-    interval = f"[{low:.3g}, {high:.3g}]"
-    if -margin < low and high < margin:
-        return Verdict(SUPPORTED, test, f"CI {interval} inside ±{margin:g}", numbers)
-    if low > margin or high < -margin:
-        return Verdict(NOT_SUPPORTED, test, f"CI {interval} entirely outside ±{margin:g}", numbers)
-    return Verdict(INCONCLUSIVE, test, f"CI {interval} overlaps the margin ±{margin:g}", numbers)
+def welch_better(a: Values, b: Values, *, lower_is_better: bool = True, alpha: float = ALPHA,
+                 min_seeds: int = MIN_SEEDS, names: tuple[str, str] = ("a", "b"), failure: str = "worst") -> Verdict:
+    """Claim: group ``a`` is better than group ``b`` — unpaired groups (Welch's t-test)."""
+    sign = "<" if lower_is_better else ">"
+    test = f"Welch t-test, one-sided ({names[0]} {sign} {names[1]}), α={alpha:.3g}"
+    numbers = _means(a, b)
+    worst_high = _worst_high(lower_is_better, failure)
+    prepared = _prepare(a, b, names, min_seeds, worst_high, _rule(failure), paired=False)
+    if isinstance(prepared, str):
+        return Verdict(INCONCLUSIVE, test, prepared, numbers, 1.0, 1.0)
+    x, y, scale, note = prepared
+    p_greater, p_less = (float(p) for p in welch_p(x, y, scale))
+    if math.isnan(p_greater):
+        return Verdict(INCONCLUSIVE, test, f"zero variance in both groups: the t statistic is undefined, no test{note}",
+                       numbers, math.nan, math.nan)
+    p_claim, p_opp = (p_less, p_greater) if lower_is_better else (p_greater, p_less)
+    numbers.update(p=p_claim, p_opposite=p_opp)
+    return Verdict(decide(p_claim, p_opp, alpha), test, _better_reason(names, sign, p_claim, p_opp, alpha) + note,
+                   numbers, p_claim, p_opp)
+
+
+def tost_equivalent(a: Values, b: Values, margin: float, *, alpha: float = ALPHA, min_seeds: int = MIN_SEEDS,
+                    names: tuple[str, str] = ("a", "b"), lower_is_better: bool = True) -> Verdict:
+    """Claim: |mean(a − b)| < ``margin`` with ``a[i]``, ``b[i]`` from the same seed (paired TOST).
+    ``numbers``: ``diff``, the (1 − 2α) t-interval ``ci_low`` / ``ci_high``, ``p`` (support)."""
+    test = f"paired TOST, |mean({names[0]} − {names[1]})| < {margin:g}, α={alpha:.3g}"
+    numbers = _means(a, b)
+    prepared = _prepare(a, b, names, min_seeds, (lower_is_better, lower_is_better), "the worst value observed",
+                        paired=True)
+    if isinstance(prepared, str):
+        return Verdict(INCONCLUSIVE, test, prepared, numbers, 1.0, 1.0)
+    x, y, scale, note = prepared
+    diff = x - y
+    n = len(diff)
+    numbers["diff"] = float(diff.mean())
+    p_support, p_refute = (float(p) for p in tost_p(diff, margin, scale))
+    if math.isnan(p_support):
+        return Verdict(INCONCLUSIVE, test, f"zero variance of the per-seed differences (all {numbers['diff']:.6g}): "
+                       f"the t statistic is undefined, no test{note}", numbers, math.nan, math.nan)
+    half = float(stats.t.ppf(1 - alpha, n - 1) * diff.std(ddof=1) / math.sqrt(n))
+    low, high = numbers["diff"] - half, numbers["diff"] + half
+    numbers.update(ci_low=low, ci_high=high, p=p_support, p_refute=p_refute)
+    interval = f"{1 - 2 * alpha:.1%} t-interval [{low:.3g}, {high:.3g}]"
+    verdict = decide(p_support, p_refute, alpha)
+    how = {SUPPORTED: f"inside ±{margin:g}", NOT_SUPPORTED: f"outside ±{margin:g} (refuting p={p_refute:.3g})",
+           INCONCLUSIVE: f"overlaps ±{margin:g}"}[verdict]
+    return Verdict(verdict, test, f"{interval} {how}; TOST p={p_support:.3g}{note}", numbers, p_support, p_refute)
 
 
 def correlation(x: Sequence[float], y: Sequence[float], *, negative: bool = True, alpha: float = ALPHA,
                 min_points: int = MIN_POINTS) -> Verdict:
-    """Claim: ``x`` and ``y`` are negatively (or positively) correlated across points."""
+    """Claim: ``x`` and ``y`` are negatively (or positively) correlated across points (pairs with
+    a non-finite coordinate are left out and counted in ``points``)."""
     pairs = [(float(a), float(b)) for a, b in zip(x, y) if math.isfinite(float(a)) and math.isfinite(float(b))]
     direction = "negative" if negative else "positive"
-    test = f"Pearson correlation, one-sided ({direction}), α={alpha}, >= {min_points} points"
+    test = f"Pearson correlation, one-sided ({direction}), α={alpha:.3g}, >= {min_points} points"
     if len(pairs) < min_points:
-        return Verdict(INCONCLUSIVE, test, f"too few points ({len(pairs)}; need >= {min_points})", {"points": len(pairs)})
+        return Verdict(INCONCLUSIVE, test, f"too few points ({len(pairs)}; need >= {min_points})",
+                       {"points": len(pairs)}, 1.0, 1.0)
     xs, ys = np.array(pairs).T
     if np.ptp(xs) == 0 or np.ptp(ys) == 0:
         return Verdict(INCONCLUSIVE, test, "a constant variable: correlation undefined", {"points": len(pairs)})
-    claimed = stats.pearsonr(xs, ys, alternative="less" if negative else "greater")
-    opposite = stats.pearsonr(xs, ys, alternative="greater" if negative else "less")
-    numbers = {"r": float(claimed.statistic), "p": float(claimed.pvalue), "points": len(pairs)}
-    if claimed.pvalue < alpha:
-        return Verdict(SUPPORTED, test, f"r={claimed.statistic:.3f}, p={claimed.pvalue:.3g} < {alpha}", numbers)
-    if opposite.pvalue < alpha:
-        return Verdict(NOT_SUPPORTED, test, f"r={claimed.statistic:.3f}: the opposite correlation is significant "
-                       f"(p={opposite.pvalue:.3g})", numbers)
-    return Verdict(INCONCLUSIVE, test, f"r={claimed.statistic:.3f}, p={claimed.pvalue:.3g} >= {alpha}", numbers)
+    p_pos, p_neg = (float(p) for p in correlation_p(xs, ys))
+    r = float(np.corrcoef(xs, ys)[0, 1])
+    p_claim, p_opp = (p_neg, p_pos) if negative else (p_pos, p_neg)
+    numbers = {"r": r, "p": p_claim, "p_opposite": p_opp, "points": len(pairs)}
+    verdict = decide(p_claim, p_opp, alpha)
+    how = {SUPPORTED: f"p={p_claim:.3g} <= {alpha:.3g}", NOT_SUPPORTED: f"the opposite correlation is significant "
+           f"(p={p_opp:.3g})", INCONCLUSIVE: f"p={p_claim:.3g} > {alpha:.3g}"}[verdict]
+    return Verdict(verdict, test, f"r={r:.3f}, {how}", numbers, p_claim, p_opp)
 
 
-def threshold(value: float, bound: float, *, at_most: bool = True, what: str = "value") -> Verdict:
-    """Claim: ``value <= bound`` (or ``>=`` when ``at_most`` is False)."""
+def correlation_p(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One-sided p-values (r > 0, r < 0) of Pearson's r along the last axis (t with n − 2 df)."""
+    n = x.shape[-1]
+    xc, yc = x - x.mean(axis=-1, keepdims=True), y - y.mean(axis=-1, keepdims=True)
+    r = (xc * yc).sum(-1) / np.sqrt((xc**2).sum(-1) * (yc**2).sum(-1))
+    r = np.clip(r, -1.0, 1.0)
+    with np.errstate(divide="ignore"):
+        t = r * np.sqrt((n - 2) / np.maximum(1 - r**2, 0.0))
+    return stats.t.sf(t, n - 2), stats.t.cdf(t, n - 2)
+
+
+def threshold(value: float | None, bound: float, *, at_most: bool = True, what: str = "value") -> Verdict:
+    """Claim: ``value <= bound`` (or ``>=`` when ``at_most`` is False); exact (no sampling model)."""
     op = "<=" if at_most else ">="
     test = f"{what} {op} {bound:g}"
     if value is None or not math.isfinite(value):
-        return Verdict(INCONCLUSIVE, test, f"{what} could not be measured", {"value": math.nan})
+        return Verdict(INCONCLUSIVE, test, f"{what} could not be measured", {"value": math.nan}, exact=True)
     ok = value <= bound if at_most else value >= bound
-    return Verdict(SUPPORTED if ok else NOT_SUPPORTED, test, f"{what} = {value:.4g} ({'meets' if ok else 'fails'} {op} {bound:g})",
-                   {"value": float(value)})
+    return Verdict(SUPPORTED if ok else NOT_SUPPORTED, test, f"{what} = {value:.4g} ({'meets' if ok else 'fails'} "
+                   f"{op} {bound:g})", {"value": float(value)}, 0.0 if ok else 1.0, 1.0 if ok else 0.0, exact=True)
 
 
-def combine(parts: Sequence[tuple[str, Verdict]]) -> Verdict:
-    """All parts supported → supported; any not supported → not supported; else inconclusive."""
+def combine(parts: Sequence[tuple[str, Verdict]], alpha: float = ALPHA) -> Verdict:
+    """One claim from its parts: Holm over the statistical parts in both directions, exact parts
+    by their own verdict (see the module docstring)."""
     if not parts:
         return Verdict(INCONCLUSIVE, "—", "nothing was measured")
+    statistical = [(i, v) for i, (_, v) in enumerate(parts) if not v.exact]
     kinds = [v.verdict for _, v in parts]
-    if NOT_SUPPORTED in kinds:
-        overall = NOT_SUPPORTED
-    elif all(k == SUPPORTED for k in kinds):
-        overall = SUPPORTED
-    else:
-        overall = INCONCLUSIVE
-    reason = "; ".join(f"{name}: {v.verdict} ({v.reason})" for name, v in parts)
-    tests = "; ".join(sorted(set(v.test for _, v in parts)))
-    return Verdict(overall, tests, reason)
+    p_support, p_refute = [], []
+    if statistical:
+        adj_s = holm(np.array([v.p_support for _, v in statistical]))
+        adj_r = holm(np.array([v.p_refute for _, v in statistical]))
+        for (i, _), s, r in zip(statistical, adj_s, adj_r):
+            kinds[i] = decide(float(s), float(r), alpha)
+        p_support, p_refute = list(adj_s), list(adj_r)
+    for _, v in parts:
+        if v.exact:
+            p_support.append(0.0 if v.verdict == SUPPORTED else 1.0)
+            p_refute.append(0.0 if v.verdict == NOT_SUPPORTED else 1.0)
+    overall = NOT_SUPPORTED if NOT_SUPPORTED in kinds else SUPPORTED if all(k == SUPPORTED for k in kinds) else INCONCLUSIVE
+    correction = f" (Holm over {len(statistical)} tested parts)" if len(statistical) > 1 else ""
+    reason = "; ".join(f"{name}: {kind}{' after Holm' if correction and not v.exact else ''} ({v.reason})"
+                       for (name, v), kind in zip(parts, kinds))
+    tests = "; ".join(dict.fromkeys(v.test for _, v in parts)) + correction
+    exact = not statistical
+    return Verdict(overall, tests, reason, {}, math.nan if exact else float(max(p_support)),
+                   math.nan if exact else float(min(p_refute)), exact=exact)
+
+
+# ------------------------------------------------------------------------------ small helpers
+def _rule(failure: str) -> str:
+    if failure not in ("worst", "against"):
+        raise ValueError(f"failure must be 'worst' or 'against', got {failure!r}")
+    return "the worst value observed" if failure == "worst" else "the value least favourable to the claim"
+
+
+def _worst_high(lower_is_better: bool, failure: str) -> tuple[bool, bool]:
+    """Per group (a, b): is the imputed value the highest observed one?"""
+    if failure == "worst":
+        return lower_is_better, lower_is_better
+    # against the claim "a better than b": a gets the value that makes it look worst, b the best
+    return lower_is_better, not lower_is_better
+
+
+def _better_reason(names: tuple[str, str], sign: str, p_claim: float, p_opp: float, alpha: float) -> str:
+    if p_claim <= alpha:
+        return f"{names[0]} {sign} {names[1]} is significant (p={p_claim:.3g} <= {alpha:.3g})"
+    if p_opp <= alpha:
+        return f"the opposite is significant (p={p_opp:.3g} <= {alpha:.3g})"
+    return f"no significant difference (p={p_claim:.3g} > {alpha:.3g})"
