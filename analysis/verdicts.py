@@ -154,21 +154,35 @@ def holm(p: np.ndarray) -> np.ndarray:
     return out
 
 
+def holm_decide(p_support: np.ndarray, p_refute: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per part (last axis), after Holm in each direction: (supported, not supported) masks."""
+    return holm(p_support) <= alpha, holm(p_refute) <= alpha
+
+
+def claim_decide(p_support: np.ndarray, p_refute: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """A claim of several statistical parts (last axis): (supported, not supported) — every part
+    supported after Holm / at least one part refuted after Holm."""
+    supported, refuted = holm_decide(p_support, p_refute, alpha)
+    return supported.all(axis=-1) & ~refuted.any(axis=-1), refuted.any(axis=-1)
+
+
 # ------------------------------------------------------------------------------ failures
 def impute_failures(groups: Sequence[Values], worst_high: Sequence[bool]) -> tuple[list[np.ndarray], list[int]] | None:
     """Replace each group's missing / non-finite values by the extreme of all finite values of
     every group (the highest for a group whose ``worst_high``, else the lowest); None when no
     value is finite. Returns (arrays, failures per group)."""
-    raw = [[float(v) if v is not None else math.nan for v in g] for g in groups]
-    finite = [v for g in raw for v in g if math.isfinite(v)]
-    if not finite:
+    raw = [np.array([math.nan if v is None else float(v) for v in g], dtype=float) for g in groups]
+    if not any(np.isfinite(g).any() for g in raw):
         return None
-    arrays, failures = [], []
-    for g, high in zip(raw, worst_high):
-        fill = max(finite) if high else min(finite)
-        arrays.append(np.array([v if math.isfinite(v) else fill for v in g], dtype=float))
-        failures.append(sum(not math.isfinite(v) for v in g))
-    return arrays, failures
+    return impute_core(raw, worst_high), [int((~np.isfinite(g)).sum()) for g in raw]
+
+
+def impute_core(groups: Sequence[np.ndarray], worst_high: Sequence[bool]) -> list[np.ndarray]:
+    """:func:`impute_failures` on arrays (..., n_i) with non-finite entries for failures; each row
+    needs at least one finite value."""
+    stacked = np.concatenate([np.where(np.isfinite(g), g, np.nan) for g in groups], axis=-1)
+    high, low = np.nanmax(stacked, axis=-1, keepdims=True), np.nanmin(stacked, axis=-1, keepdims=True)
+    return [np.where(np.isfinite(g), g, high if h else low) for g, h in zip(groups, worst_high)]
 
 
 def _failure_note(names: Sequence[str], failures: Sequence[int], rule: str) -> str:
@@ -329,11 +343,12 @@ def combine(parts: Sequence[tuple[str, Verdict]], alpha: float = ALPHA) -> Verdi
     kinds = [v.verdict for _, v in parts]
     p_support, p_refute = [], []
     if statistical:
-        adj_s = holm(np.array([v.p_support for _, v in statistical]))
-        adj_r = holm(np.array([v.p_refute for _, v in statistical]))
-        for (i, _), s, r in zip(statistical, adj_s, adj_r):
-            kinds[i] = decide(float(s), float(r), alpha)
-        p_support, p_refute = list(adj_s), list(adj_r)
+        raw_s = np.array([v.p_support for _, v in statistical])
+        raw_r = np.array([v.p_refute for _, v in statistical])
+        yes, no = holm_decide(raw_s, raw_r, alpha)
+        for (i, _), y, n in zip(statistical, yes, no):
+            kinds[i] = SUPPORTED if y else NOT_SUPPORTED if n else INCONCLUSIVE
+        p_support, p_refute = list(holm(raw_s)), list(holm(raw_r))
     for _, v in parts:
         if v.exact:
             p_support.append(0.0 if v.verdict == SUPPORTED else 1.0)
