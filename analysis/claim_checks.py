@@ -124,7 +124,8 @@ def check_f4(runs: ClaimRuns) -> Outcome:
 
     famo_dirs = mm_dirs(runs, "CL_RR", "famo")
     first = runs.plan.seeds[: runs.plan.looks[0]]
-    source = [d for d in mm_dirs(runs, "CL_RR", "famo", seeds=first) if finished(d)]
+    source_seeds = [(s, d) for s, d in zip(first, mm_dirs(runs, "CL_RR", "famo", seeds=first)) if finished(d)]
+    source = [d for _, d in source_seeds]
     if not source:
         verdict = Verdict(INCONCLUSIVE, "paired TOST", "no finished FAMO run to extract weights from", {}, 1.0, 1.0)
         return f"FAMO's runs at seeds {first} all failed" + failure_text(famo_dirs), seeds_text(runs), verdict
@@ -135,7 +136,7 @@ def check_f4(runs: ClaimRuns) -> Outcome:
     famo, fixed = delta_ms(famo_dirs), delta_ms(fixed_dirs)
     verdict = tost_equivalent(fixed, famo, EQUIVALENCE_MARGIN, alpha=runs.alpha, names=("fixed_from_famo", "famo"))
     measured = (f"Multi-MNIST CL_RR: EMA({EXTRACTION_EMA}) weights {weights} from FAMO's runs at seeds "
-                f"{', '.join(d.name.removeprefix('seed_') for d in source)}; test Δm% fixed {pm(fixed)} vs famo {pm(famo)} "
+                f"{', '.join(str(s) for s, _ in source_seeds)}; test Δm% fixed {pm(fixed)} vs famo {pm(famo)} "
                 f"(reference: {reference_kind(famo_dirs)})" + failure_text(famo_dirs + fixed_dirs))
     return measured, seeds_text(runs), verdict
 

@@ -11,52 +11,85 @@ import pandas as pd
 import pytest
 
 from analysis import claim_checks
-from analysis.claims import CLAIMS, run_claims, select
-from analysis.verdicts import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED
+from analysis.claim_runs import ClaimRuns
+from analysis.claims import CLAIMS, Claim, check_claim, run_claims, select
+from analysis.verdicts import ALPHA, INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, Verdict
+from tests.analysis.helpers import make_run
 from experiments.cli import main
 from experiments.errors import UserError
 
 
 class FakeRuns:
-    """Stands in for ClaimRuns: hands out prepared run directories instead of training."""
+    """Stands in for ClaimRuns: hands out prepared run directories instead of training, and
+    prepared epoch times instead of timing trainers."""
 
-    def __init__(self, dirs: dict[tuple[str, int], Path], seeds: tuple[int, ...], toy: pd.DataFrame | None = None) -> None:
-        self.dirs, self.seeds, self._toy = dirs, seeds, toy
-        self.plan = SimpleNamespace(balancers=("famo", "marigold"))
+    def __init__(self, dirs: dict[tuple[str, int], Path], seeds: tuple[int, ...], toy: pd.DataFrame | None = None,
+                 times: dict[Path, float | None] | None = None, looks: tuple[int, ...] | None = None) -> None:
+        self.dirs, self.seeds, self._toy, self.times = dirs, seeds, toy, times or {}
+        self.plan = SimpleNamespace(balancers=("famo", "marigold"), seeds=seeds, looks=looks or (len(seeds),))
+        self.alpha = ALPHA
+        self.root = Path(next(iter(dirs.values()))).parent if dirs else Path(".")
+        self.asked: list[tuple[str, int, dict]] = []
 
-    def run(self, config: str, balancer: str, seed: int, **_: object) -> Path:
-        return self.dirs[(balancer, seed)]
+    def run(self, config: str, balancer: str, seed: int, **kwargs: object) -> Path:
+        self.asked.append((balancer, seed, kwargs))
+        key = (kwargs.get("name") or balancer, seed)
+        return self.dirs.get((*key, kwargs.get("variant")), self.dirs.get(key))
+
+    def interleaved_epoch_seconds(self, run_dirs: list[Path]) -> list[float | None]:
+        return [self.times[d] for d in run_dirs]
 
     def toy(self, toy_dir: object = None) -> pd.DataFrame:
         assert self._toy is not None
         return self._toy
 
 
-def timed_run(root: Path, method: str, seed: int, seconds: list[float], objective: list[float]) -> Path:
-    run_dir = root / f"{method}_{seed}"
+def timed_run(root: Path, method: str, seed: int, objective: list[float], status: str = "complete") -> Path:
+    run_dir = root / method / f"seed_{seed}"
     run_dir.mkdir(parents=True)
-    (run_dir / "summary.json").write_text(json.dumps({"status": "complete", "balancer": method, "seed": seed}))
-    rows = [{"epoch": e, "val_objective": v, "epoch_seconds": (None if e == 0 else seconds[e - 1])}
-            for e, v in enumerate(objective)]
+    (run_dir / "summary.json").write_text(json.dumps({"status": status, "balancer": method, "seed": seed}))
+    rows = [{"epoch": e, "val_objective": v, "epoch_seconds": None if e == 0 else 99.0} for e, v in enumerate(objective)]
     pd.DataFrame(rows).to_csv(run_dir / "metrics.csv", index=False)
     return run_dir
 
 
-def test_f7_compares_per_epoch_time_and_the_best_objective_within_equal_wall_time(tmp_path: Path) -> None:
-    dirs = {}
-    for seed, jitter in enumerate((0.0, 0.05, -0.05)):
-        # FAMO: 2 s per epoch, reaches -30 after 6 s; MARIGOLD: 1 s per epoch, -35 after 3 s
-        dirs[("famo", seed)] = timed_run(tmp_path, "famo", seed, [2 + jitter] * 3, [0, -10 + jitter, -20, -30])
-        dirs[("marigold", seed)] = timed_run(tmp_path, "marigold", seed, [1 + jitter] * 3, [0, -15, -25, -35 + jitter])
-    measured, seeds, verdict = claim_checks.check_f7(FakeRuns(dirs, (0, 1, 2)))
+def f7_runs(tmp_path: Path, swap: bool = False) -> FakeRuns:
+    """FAMO: 2 s per epoch (interleaved timing), reaches -30 after 6 s; MARIGOLD: 1 s per epoch,
+    -35 after 3 s. The runs' own epoch_seconds (99 s) must not be used."""
+    dirs, times = {}, {}
+    for seed, jitter in enumerate((0.0, 0.05, -0.05, 0.02)):
+        famo = timed_run(tmp_path, "famo", seed, [0, -10 + jitter, -20, -30])
+        marigold = timed_run(tmp_path, "marigold", seed, [0, -15, -25 + jitter, -35 + 3 * jitter])
+        times[famo], times[marigold] = 2 + jitter, 1 + jitter / 2
+        if swap:
+            famo, marigold = marigold, famo
+        dirs[("famo", seed)], dirs[("marigold", seed)] = famo, marigold
+    return FakeRuns(dirs, (0, 1, 2, 3), times=times)
+
+
+def test_f7_uses_interleaved_epoch_times_and_each_seeds_equal_budget(tmp_path: Path) -> None:
+    measured, seeds, verdict = claim_checks.check_f7(f7_runs(tmp_path))
     assert verdict.verdict == SUPPORTED, verdict.reason
-    # the common budget is the shortest run (marigold seed 2: 3 x 0.95 s); FAMO only has epoch 1 by then
-    assert "within 2.85 s" in measured and "famo -10.00" in measured
-    assert seeds == "3 (0, 1, 2)"
-    # swap the roles: now MARIGOLD is slower and worse
-    swapped = {("famo", s): d for (m, s), d in dirs.items() if m == "marigold"}
-    swapped.update({("marigold", s): d for (m, s), d in dirs.items() if m == "famo"})
-    assert claim_checks.check_f7(FakeRuns(swapped, (0, 1, 2)))[2].verdict == NOT_SUPPORTED
+    assert "paired t-test" in verdict.test and "interleaved" in measured
+    # seed 0's budget is MARIGOLD's 3 x 1 s: FAMO only has epoch 1 (2 s) by then
+    best = claim_checks.equal_time_values(
+        {"famo": [claim_checks.objective_curve(tmp_path / "famo" / "seed_0")],
+         "marigold": [claim_checks.objective_curve(tmp_path / "marigold" / "seed_0")]},
+        {"famo": [2.0], "marigold": [1.0]})
+    assert best == {"famo": [-10.0], "marigold": [-35.0]}
+    assert seeds == "4 (0, 1, 2, 3)"
+    swapped = claim_checks.check_f7(f7_runs(tmp_path / "swapped", swap=True))[2]
+    assert swapped.verdict == NOT_SUPPORTED
+
+
+def test_f7_counts_a_diverged_run_as_that_methods_failure(tmp_path: Path) -> None:
+    runs = f7_runs(tmp_path)
+    (runs.dirs[("marigold", 1)] / "summary.json").write_text(json.dumps({"status": "diverged"}))
+    measured, _, verdict = claim_checks.check_f7(runs)
+    assert "marigold seed_1: diverged" in measured and "survivors only: 3/4 seeds, 1 failed" in measured
+    assert "failed runs counted as the worst value observed (marigold: 1)" in verdict.reason
+    runs.times[runs.dirs[("famo", 2)]] = None  # could not be timed: a failure of the time part
+    assert "failed runs counted as the worst value observed (famo s/epoch: 1)" in claim_checks.check_f7(runs)[2].reason
 
 
 def toy_table(famo_reached: list[bool], uniform_reached: list[bool]) -> pd.DataFrame:
@@ -110,3 +143,108 @@ def test_claims_tiny_prints_all_seven_rows_with_numbers(toy_runs, tmp_path: Path
     # a second call reuses every finished run and answers the same
     again = run_claims("tiny", only="F2,F4", out=tmp_path, quiet=True).set_index("id")
     assert list(again["measured"]) == list(table.loc[["F2", "F4"], "measured"])
+
+
+# ------------------------------------------------------------------------------ failures, F2, F4
+def multimnist_runs(root: Path, deltas: dict[str, list[float]]) -> dict[tuple[str, int], Path]:
+    """Hand-made Multi-MNIST CL_RR runs (tests.analysis.helpers) whose test Δm% vs the initial
+    model is the given value: accuracy 0.1 (Δ 0 %) and mse 0.2 (1 − Δ/100) · ... solved per run."""
+    dirs = {}
+    for method, values in deltas.items():
+        for seed, dm in enumerate(values):
+            # Δm% = mean(−(acc − 0.1)/0.1, (mse − 0.2)/0.2) × 100 with acc = 0.1: mse = 0.2 (1 + dm/50)
+            dirs[(method, seed)] = make_run(root / method, method, seed, 0.1, 0.2 * (1 + dm / 50), 1.0)
+    return dirs
+
+
+def test_f2_is_paired_and_counts_a_diverged_run_instead_of_aborting(tmp_path: Path) -> None:
+    dirs = multimnist_runs(tmp_path, {"famo": [-10.0, -12.0, -9.0, -11.0, -10.5], "uniform": [-5.0, -6.0, -5.5, -4.0, -5.2]})
+    runs = FakeRuns(dirs, (0, 1, 2, 3, 4))
+    measured, seeds, verdict = claim_checks.check_f2(runs)
+    assert verdict.verdict == SUPPORTED and "paired t-test" in verdict.test and seeds.startswith("5 ")
+    assert "famo -10.5" in measured  # mean of the five Δm% values
+    summary = json.loads((dirs[("famo", 3)] / "summary.json").read_text())
+    (dirs[("famo", 3)] / "summary.json").write_text(json.dumps({**summary, "status": "diverged"}))
+    measured, _, verdict = claim_checks.check_f2(runs)
+    assert "famo seed0: diverged" not in measured and "famo_seed3: diverged" in measured
+    assert "survivors only: 4/5 seeds, 1 failed" in measured
+    assert "counted as the worst value observed (famo: 1)" in verdict.reason and verdict.numbers["n_a"] == 5
+
+
+def test_f4_extracts_weights_once_from_the_first_looks_famo_runs(tmp_path: Path) -> None:
+    deltas = [-10.0, -12.0, -9.0, -11.0, -10.5, -10.2, -9.8]
+    dirs = multimnist_runs(tmp_path, {"famo": deltas, "fixed_from_famo": [d + 0.1 * (i % 3) for i, d in enumerate(deltas)]})
+    runs = FakeRuns(dirs, tuple(range(7)), looks=(5, 7))
+    measured, _, verdict = claim_checks.check_f4(runs)
+    assert "seeds 0, 1, 2, 3, 4;" in measured  # the first look's seeds, although 7 are in use
+    assert verdict.verdict == SUPPORTED and "paired TOST" in verdict.test, verdict.reason
+    fixed = [kw for b, _, kw in runs.asked if b == "fixed"]
+    assert len(fixed) == 7 and len({json.dumps(kw["hparams"]) for kw in fixed}) == 1
+
+
+def test_f3_decides_its_parts_with_holm(tmp_path: Path) -> None:
+    dirs = {}
+    for variant in ("CL_CR", "RL_RR"):
+        runs_of = multimnist_runs(tmp_path / variant, {m: [-10.0 + 0.1 * ((s * (i + 2)) % 3) for s in range(5)]
+                                                       for i, m in enumerate(("uniform", "famo", "marigold"))})
+        dirs.update({(m, s, variant): d for (m, s), d in runs_of.items()})
+    measured, _, verdict = claim_checks.check_f3(FakeRuns(dirs, tuple(range(5))))
+    assert "Holm over 5 tested parts" in verdict.test  # 4 TOST parts + FAMO's spread (Welch)
+    assert verdict.reason.count("≈ uniform: supported after Holm") == 4
+    assert "marigold weights near 0.5: not supported (max |epoch weight − 0.5| of marigold = 0.2" in verdict.reason
+    assert "FAMO unstable on CL_CR: inconclusive after Holm (zero variance in both groups" in verdict.reason
+    assert verdict.verdict == NOT_SUPPORTED and "marigold max|w−0.5| 0.2" in measured
+
+
+# ------------------------------------------------------------------------------ the sequential runner
+def test_a_claim_adds_seeds_until_it_is_decided(tmp_path: Path) -> None:
+    runs = ClaimRuns(tmp_path, "small", quiet=True)
+    assert runs.plan.looks == (5, 7, 10) and runs.plan.seeds == tuple(range(1, 11)) and 0 not in runs.plan.seeds
+    calls = []
+
+    def check(r: ClaimRuns) -> tuple[str, str, Verdict]:
+        calls.append((r.seeds, r.alpha))
+        decided = len(r.seeds) >= 7
+        return "numbers", str(len(r.seeds)), Verdict(SUPPORTED if decided else INCONCLUSIVE, "paired t-test", "why", {},
+                                                     0.004 if decided else 0.2, 0.9)
+    row = check_claim(Claim("FX", "x", "seed 000", check), runs)
+    assert [len(s) for s, _ in calls] == [5, 7] and calls[1][0] == (1, 2, 3, 4, 5, 6, 7)
+    assert all(a == pytest.approx(ALPHA / 3) for _, a in calls)
+    assert row["verdict"] == SUPPORTED and row["seeds_per_group"] == 7 and row["p_value"] == pytest.approx(0.012)
+    assert "looks at 5/7/10 seeds" in row["test"] and "decided at look 2" in row["test"]
+    never = check_claim(Claim("FY", "y", "seed 000", lambda r: ("n", "s", Verdict(INCONCLUSIVE, "t", "r", {}, 0.4, 0.6))), runs)
+    assert never["seeds_per_group"] == 10 and never["p_value"] == pytest.approx(1.0)
+    assert "cap reached, undecided at look 3" in never["test"]
+    refuted = check_claim(Claim("FZ", "z", "seed 000", lambda r: ("n", "s", Verdict(NOT_SUPPORTED, "t", "r", {}, 0.99, 0.01))), runs)
+    assert refuted["seeds_per_group"] == 5 and refuted["p_value"] == pytest.approx(0.03)  # refuting p × 3 looks
+
+
+def test_claims_csv_has_the_published_columns(tmp_path: Path, monkeypatch) -> None:
+    from analysis import claims
+
+    exact = Verdict(SUPPORTED, "count >= 5", "5 of 5", {}, exact=True)
+    tested = Verdict(INCONCLUSIVE, "paired t-test", "too few seeds", {}, 0.3, 0.7)
+    monkeypatch.setitem(claims.CLAIMS, "F6", Claim("F6", "c6", "seed 003", lambda r: ("m6", "1 (deterministic)", exact),
+                                                   sequential=False))
+    monkeypatch.setitem(claims.CLAIMS, "F2", Claim("F2", "c2", "seed 000", lambda r: ("m2", "2 (1, 2)", tested)))
+    table = run_claims("tiny", only="F6,F2", out=tmp_path, quiet=True)
+    written = pd.read_csv(tmp_path / "tiny" / "claims.csv")
+    assert list(written.columns) == ["id", "claim", "source", "verdict", "seeds_per_group", "test", "p_value", "measured"]
+    assert list(written["id"]) == ["F6", "F2"] and list(written["verdict"]) == [SUPPORTED, INCONCLUSIVE]
+    assert pd.isna(written.loc[0, "p_value"]) and written.loc[0, "seeds_per_group"] == "1 (deterministic)"
+    assert written.loc[1, "p_value"] == pytest.approx(0.3) and written.loc[1, "seeds_per_group"] == "2"  # one look at tiny
+    assert "reason" in table.columns and re.search(r"\|\s*F2\s*\|.*too few seeds", (tmp_path / "tiny" / "claims.md").read_text())
+
+
+def test_claim_runs_keep_a_diverged_run_and_reuse_it(tmp_path: Path, monkeypatch) -> None:
+    runs = ClaimRuns(tmp_path, "tiny", quiet=True)
+    monkeypatch.setattr(ClaimRuns, "stl_reference", lambda self, *a, **k: None)
+    blow_up = {"train": {"lr": 1e30}, "benchmark": {"options": {"n_train": 256}}}
+    run_dir = runs.run("synthetic", "uniform", 1, extra=blow_up)  # does not raise
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "diverged"
+    assert claim_checks.delta_ms([run_dir]) == [None]
+
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a diverged run is final: it must be reused, not re-trained")
+    monkeypatch.setattr("experiments.trainer.train", no_training)
+    assert runs.run("synthetic", "uniform", 1, extra=blow_up) == run_dir
