@@ -127,7 +127,7 @@ def check_f4(runs: ClaimRuns) -> Outcome:
     source_seeds = [(s, d) for s, d in zip(first, mm_dirs(runs, "CL_RR", "famo", seeds=first)) if finished(d)]
     source = [d for _, d in source_seeds]
     if not source:
-        verdict = Verdict(INCONCLUSIVE, "paired TOST", "no finished FAMO run to extract weights from", {}, 1.0, 1.0)
+        verdict = Verdict(INCONCLUSIVE, "paired TOST", "no finished FAMO run to extract weights from", {})
         return f"FAMO's runs at seeds {first} all failed" + failure_text(famo_dirs), seeds_text(runs), verdict
     extracted = extract_weights(source, ema=EXTRACTION_EMA, out=runs.root / "extracted" / "multimnist-CL_RR")
     weights = [round(w, 6) for w in extracted.weights]
@@ -184,7 +184,7 @@ def check_f5(runs: ClaimRuns) -> Outcome:
     if len(runs.seeds) < MIN_SEEDS:
         verdict = Verdict(INCONCLUSIVE, verdict.test, f"too few seeds: each point is a mean of {len(runs.seeds)} "
                           f"(need >= {MIN_SEEDS}); the correlation alone: {verdict.verdict} ({verdict.reason})",
-                          verdict.numbers, 1.0, 1.0)
+                          verdict.numbers)
     shown = ", ".join(f"{p['setting']} (cos {p['mean_cosine']:.2f}, gain {p['gain']:.2f}"
                       + (f", {p['failed_runs']} failed runs" if p["failed_runs"] else "") + ")" for p in points)
     r = verdict.numbers.get("r", math.nan)

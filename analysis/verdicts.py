@@ -227,7 +227,7 @@ def paired_better(a: Values, b: Values, *, lower_is_better: bool = True, alpha: 
     worst_high = _worst_high(lower_is_better, failure)
     prepared = _prepare(a, b, names, min_seeds, worst_high, _rule(failure), paired=True)
     if isinstance(prepared, str):
-        return Verdict(INCONCLUSIVE, test, prepared, numbers, 1.0, 1.0)
+        return Verdict(INCONCLUSIVE, test, prepared, numbers)
     x, y, scale, note = prepared
     gain = (y - x) if lower_is_better else (x - y)
     numbers["diff"] = float(np.mean(x - y))
@@ -249,7 +249,7 @@ def welch_better(a: Values, b: Values, *, lower_is_better: bool = True, alpha: f
     worst_high = _worst_high(lower_is_better, failure)
     prepared = _prepare(a, b, names, min_seeds, worst_high, _rule(failure), paired=False)
     if isinstance(prepared, str):
-        return Verdict(INCONCLUSIVE, test, prepared, numbers, 1.0, 1.0)
+        return Verdict(INCONCLUSIVE, test, prepared, numbers)
     x, y, scale, note = prepared
     p_greater, p_less = (float(p) for p in welch_p(x, y, scale))
     if math.isnan(p_greater):
@@ -270,7 +270,7 @@ def tost_equivalent(a: Values, b: Values, margin: float, *, alpha: float = ALPHA
     prepared = _prepare(a, b, names, min_seeds, (lower_is_better, lower_is_better), "the worst value observed",
                         paired=True)
     if isinstance(prepared, str):
-        return Verdict(INCONCLUSIVE, test, prepared, numbers, 1.0, 1.0)
+        return Verdict(INCONCLUSIVE, test, prepared, numbers)
     x, y, scale, note = prepared
     diff = x - y
     n = len(diff)
@@ -298,7 +298,7 @@ def correlation(x: Sequence[float], y: Sequence[float], *, negative: bool = True
     test = f"Pearson correlation, one-sided ({direction}), α={alpha:.3g}, >= {min_points} points"
     if len(pairs) < min_points:
         return Verdict(INCONCLUSIVE, test, f"too few points ({len(pairs)}; need >= {min_points})",
-                       {"points": len(pairs)}, 1.0, 1.0)
+                       {"points": len(pairs)})
     xs, ys = np.array(pairs).T
     if np.ptp(xs) == 0 or np.ptp(ys) == 0:
         return Verdict(INCONCLUSIVE, test, "a constant variable: correlation undefined", {"points": len(pairs)})
@@ -359,8 +359,13 @@ def combine(parts: Sequence[tuple[str, Verdict]], alpha: float = ALPHA) -> Verdi
                        for (name, v), kind in zip(parts, kinds))
     tests = "; ".join(dict.fromkeys(v.test for _, v in parts)) + correction
     exact = not statistical
-    return Verdict(overall, tests, reason, {}, math.nan if exact else float(max(p_support)),
-                   math.nan if exact else float(min(p_refute)), exact=exact)
+    # a statistical part that ran no test (too few seeds, zero variance) leaves the claim without
+    # a p-value in that direction: NaN, not a number that looks like evidence
+    untested_s = any(math.isnan(v.p_support) for _, v in statistical)
+    untested_r = all(math.isnan(v.p_refute) for _, v in statistical)
+    p_claim_s = math.nan if exact or untested_s else float(max(p_support))
+    p_claim_r = math.nan if exact or untested_r else float(min(p_refute))
+    return Verdict(overall, tests, reason, {}, p_claim_s, p_claim_r, exact=exact)
 
 
 # ------------------------------------------------------------------------------ small helpers

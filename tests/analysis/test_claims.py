@@ -129,20 +129,22 @@ def test_claims_tiny_prints_all_seven_rows_with_numbers(toy_runs, tmp_path: Path
     code = main(["claims", "--scale", "tiny", "--out", str(tmp_path), "--toy-dir", str(toy_dir), "--quiet"])
     assert code == 0
     printed = capsys.readouterr().out
-    rows = [line for line in printed.splitlines() if re.match(r"\|\s*F\d\s*\|", line)]
-    assert [r.split("|")[1].strip() for r in rows] == ["F1", "F2", "F3", "F4", "F5", "F6", "F7"]
+    rows = {r.split("|")[1].strip(): r for r in printed.splitlines() if re.match(r"\|\s*F\d\s*\|", r)}
+    assert list(rows) == ["F1", "F2", "F3", "F4", "F5", "F6", "F7"]
     table = pd.read_csv(tmp_path / "tiny" / "claims.csv").set_index("id")
+    assert list(table.columns) == ["claim", "source", "verdict", "seeds_per_group", "test", "p_value", "measured"]
     assert set(table["verdict"]) <= {SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE}
     for claim_id, row in table.iterrows():
         assert re.search(r"\d", row["measured"]), claim_id  # measured numbers, not prose
-        assert row["test"] and row["reason"] and row["source"].startswith("seed 00")
+        assert row["test"] and row["source"].startswith("seed 00")
     assert table.loc["F1", "verdict"] == SUPPORTED  # the toy fixture: FAMO 5/5, uniform fails
     assert table.loc["F6", "verdict"] == SUPPORTED
     for claim_id in ("F2", "F3", "F4", "F7"):  # two seeds at tiny scale: too few for a seed-level test
-        assert table.loc[claim_id, "verdict"] == INCONCLUSIVE and "too few seeds" in table.loc[claim_id, "reason"]
-    # a second call reuses every finished run and answers the same
-    again = run_claims("tiny", only="F2,F4", out=tmp_path, quiet=True).set_index("id")
-    assert list(again["measured"]) == list(table.loc[["F2", "F4"], "measured"])
+        assert table.loc[claim_id, "verdict"] == INCONCLUSIVE and "too few seeds" in rows[claim_id]
+        assert str(table.loc[claim_id, "seeds_per_group"]) == "2" and pd.isna(table.loc[claim_id, "p_value"])
+    # a second call reuses every finished run (and F7's timing) and answers the same
+    again = run_claims("tiny", only="F2,F4,F7", out=tmp_path, quiet=True).set_index("id")
+    assert list(again["measured"]) == list(table.loc[["F2", "F4", "F7"], "measured"])
 
 
 # ------------------------------------------------------------------------------ failures, F2, F4

@@ -135,6 +135,11 @@ def test_combine_applies_holm_in_both_directions() -> None:
     assert "a: not supported after Holm" in refuted.reason and "b: supported after Holm" in refuted.reason
     weak = combine([("a", part(0.9, 0.03)), ("b", part(0.01, 0.99))])
     assert weak.verdict == INCONCLUSIVE  # 2 x 0.03 > 0.05
+    # a part that ran no test leaves the claim without a support p-value (NaN, never 1 or 0)
+    few = paired_better([1.0, 1.1], [5.0, 5.1])
+    assert math.isnan(few.p_support) and math.isnan(few.p_refute)
+    untested = combine([("a", part(0.001, 0.999)), ("b", few)])
+    assert untested.verdict == INCONCLUSIVE and math.isnan(untested.p_support) and untested.p_refute == pytest.approx(1.0)
     assert combine([("a", part(0.01, 0.99))], alpha=0.05 / 3).verdict == SUPPORTED
     assert combine([("a", part(0.02, 0.98))], alpha=0.05 / 3).verdict == INCONCLUSIVE
 
