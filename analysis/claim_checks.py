@@ -244,7 +244,10 @@ def equal_time_values(curves: dict[str, list[pd.Series | None]], per_epoch: dict
 
 def check_f7(runs: ClaimRuns) -> Outcome:
     """Both parts use the epoch times of the two configurations measured interleaved in one
-    process per seed (:mod:`analysis.claim_timing`), not the runs' own epoch times."""
+    process per seed (:mod:`analysis.claim_timing`), not the runs' own epoch times. A run that
+    diverged in training still has a time per epoch (its configuration can be timed) and counts
+    as a failure in the equal-wall-time part; a configuration that cannot be timed fails the
+    time part."""
     methods = ("famo", "marigold")
     dirs = {m: mm_dirs(runs, "CL_RR", m) for m in methods}
     per_epoch: dict[str, list[Value]] = {m: [] for m in methods}
