@@ -66,9 +66,8 @@ def build_optimizer(cfg: RunConfig, params: list[torch.nn.Parameter], balancer: 
     if t.weight_decay < 0:
         raise ConfigError(f"train.weight_decay must be >= 0, got {t.weight_decay}")
     groups: list[dict[str, Any]] = [{"params": params}]
-    learnables = [p for _, p in balancer.named_learnables()] if balancer is not None else []
-    if learnables:
-        lr = balancer.learnables_lr  # type: ignore[union-attr]
+    if balancer is not None and (learnables := [p for _, p in balancer.named_learnables()]):
+        lr = balancer.learnables_lr
         groups.append({"params": learnables, "weight_decay": 0.0, "lr": t.lr if lr is None else lr})
     if t.optimizer == "adam":
         return torch.optim.Adam(groups, lr=t.lr, weight_decay=t.weight_decay)
