@@ -23,23 +23,31 @@ class Balancer(torch.nn.Module):
     """Base class of every balancer; its lifecycle, in the order a trainer runs it.
 
     1. ``create_balancer(name, n_tasks, **hparams)`` builds it. If the registry metadata says
-       ``needs_model``, the trainer calls ``attach(model, optimizer)`` once, before training; if it
-       says ``has_parameters``, the trainer adds ``balancer.parameters()`` to the model optimizer.
+       ``has_parameters``, the trainer adds ``named_learnables()`` to the model optimizer as a
+       param group of their own, at learning rate ``learnables_lr`` (the model's when None) and
+       without weight decay; if it says ``needs_model``, the trainer then calls
+       ``attach(model, optimizer)`` once, before training.
     2. Every training step::
 
            loss = balancer(losses_K, closure=closure)   # validates, then ``combine``
-           loss.backward(); optimizer.step()
+           loss.backward()
+           balancer.after_backward()                    # may rescale the model's .grad (Nash-MTL)
+           # the trainer's own clipping (train.grad_clip), if any, comes here
+           optimizer.step()
            balancer.step(closure)                       # after the optimizer step
 
        ``closure`` (see :data:`LossClosure`) is only used by balancers whose metadata says
        ``needs_closure``; others ignore it. ``weights`` then holds d loss / d losses_i of the last
-       call (detached), the effective weight of each task gradient.
+       call (detached), the effective weight of each task gradient (before ``after_backward``).
+       A balancer whose metadata says ``needs_unclipped_step`` models the optimizer step itself
+       (MARIGOLD): a trainer refuses to run it with gradient clipping.
     3. After every training epoch the trainer calls ``epoch_end()`` (no-op by default).
     4. ``reset()`` returns the balancer to its freshly constructed state; ``state_dict()`` /
        ``load_state_dict()`` save and restore everything needed to resume (weights, optimizer
        state of learnable logits, generator state).
 
-    Subclasses implement ``combine`` and, when they need them, ``step``, ``epoch_end``, ``reset``.
+    Subclasses implement ``combine`` and, when they need them, ``after_backward``, ``step``,
+    ``epoch_end``, ``reset``.
     Hot paths never synchronise with the host (no ``.item()``/``.cpu()``).
     """
 
@@ -69,6 +77,11 @@ class Balancer(torch.nn.Module):
     def combine(self, losses: Tensor, closure: LossClosure | None) -> Tensor:
         """The method's own rule; ``losses`` is already validated."""
         raise NotImplementedError
+
+    def after_backward(self) -> None:
+        """Run after the trainer's backward of the returned loss and before the optimizer step; the
+        one place where a balancer may change the model's ``.grad`` (Nash-MTL clips the shared
+        parameters' gradient there, as its authors' code does). No-op by default."""
 
     def step(self, closure: LossClosure | None = None) -> None:
         """Run after the model optimizer's step. No-op by default."""
@@ -157,3 +170,8 @@ class Balancer(torch.nn.Module):
     def named_learnables(self) -> Iterator[tuple[str, torch.nn.Parameter]]:
         """Parameters the *model* optimizer trains (uncertainty weighting's log-variances)."""
         return iter(())
+
+    @property
+    def learnables_lr(self) -> float | None:
+        """Learning rate of the ``named_learnables()`` param group; None: the model's."""
+        return None

@@ -43,7 +43,12 @@ class FAMO(Balancer):
     happens at the start of the next call and there is no extra forward; ``step`` does nothing.
 
     Losses below ``min_losses`` make ``log D`` undefined: FAMO then raises ValueError (when
-    ``check_values`` is on; the trainer reports the resulting non-finite loss otherwise).
+    ``check_values`` is on; the trainer reports the resulting non-finite loss otherwise). The bounds
+    are kept in float64 whatever the module's dtype (a float64 buffer that ``.to()``/``.float()``
+    leave in float64) and rounded once, from those exact values, to the losses' dtype, where both
+    ``D`` and the check use them: a float64 loss 0.30000000592 passes the bound 0.3, and a float32
+    loss passes exactly when it is not below the float32 rounding of the bound (the value that
+    ``D`` subtracts), as in the official class given bounds in the losses' dtype.
     """
 
     def __init__(
@@ -61,7 +66,7 @@ class FAMO(Balancer):
             raise ValueError(f"famo: w_lr must be > 0, got {w_lr=}")
         if update not in _UPDATES:
             raise ValueError(f"famo: update must be one of {_UPDATES}, got {update=}")
-        mins = torch.as_tensor(min_losses, dtype=torch.get_default_dtype()).flatten()
+        mins = torch.as_tensor(min_losses, dtype=torch.float64).flatten()
         if mins.numel() == 1:
             mins = mins.expand(n_tasks).clone()
         if mins.numel() != n_tasks or not torch.isfinite(mins).all():
@@ -72,6 +77,7 @@ class FAMO(Balancer):
         self.logits = torch.nn.Parameter(torch.zeros(n_tasks))
         self.register_buffer("_prev_losses", torch.zeros(n_tasks))
         self._has_prev = False  # a Python flag: reading a device flag would sync every step
+        self._bounds_cache: tuple[tuple[Any, ...], Tensor] | None = None
         self._opt = self._new_optimizer()
         self._forget()
 
@@ -112,8 +118,16 @@ class FAMO(Balancer):
             new_losses = closure()
         self._update_logits(self._prev_losses, self._shifted(new_losses.detach()).log())
 
+    def _bounds(self, dtype: torch.dtype) -> Tensor:
+        """``min_losses`` rounded once to ``dtype``; cached (keyed on the buffer's identity and
+        version, so that ``load_state_dict`` and ``.to()`` invalidate it), as it is used every step."""
+        key = (dtype, id(self.min_losses), self.min_losses._version, self.min_losses.device)
+        if self._bounds_cache is None or self._bounds_cache[0] != key:
+            self._bounds_cache = (key, self.min_losses.to(dtype))
+        return self._bounds_cache[1]
+
     def _check_range(self, losses: Tensor) -> None:
-        mins = self.min_losses.to(losses.dtype)
+        mins = self._bounds(losses.dtype)
         if bool((losses < mins).any()):
             raise ValueError(
                 f"famo: losses {losses.tolist()} fall below min_losses {mins.tolist()}; FAMO takes "
@@ -123,7 +137,7 @@ class FAMO(Balancer):
     def _shifted(self, losses: Tensor) -> Tensor:
         if self.check_values:
             self._check_range(losses.detach())
-        return losses - self.min_losses.to(losses.dtype) + _EPS
+        return losses - self._bounds(losses.dtype) + _EPS
 
     def _update_logits(self, prev: Tensor, new_log: Tensor) -> None:
         """One Adam step of the logits; ``new_log`` = log D(θ_{t+1}) (detached), ``prev`` = ℓ(θ_t)."""
@@ -144,7 +158,12 @@ class FAMO(Balancer):
 
     def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> "FAMO":  # .to(), .double(), .cuda(), ...
         self._forget()
-        return super()._apply(fn, *args, **kwargs)
+        exact = self.min_losses
+        out = super()._apply(fn, *args, **kwargs)
+        # the device follows the module, the dtype stays float64 (see the class docstring)
+        self.min_losses = exact.to(device=self.min_losses.device)
+        self._bounds_cache = None
+        return out
 
     # ------------------------------------------------------------------------------ lifecycle
     def reset(self) -> None:

@@ -25,9 +25,16 @@ _ESTIMATORS = ("single_point", "two_point")
     needs_model=True,
     stochastic=True,
     stateful=True,
+    needs_unclipped_step=True,
 )
 class Marigold(Balancer):
     r"""MARIGOLD (Feed m Birds with One Scone, Alg. 1 "Hypergrad", Alg. 2, App. C).
+
+    The paper's algorithm is the default, ``variant="faithful", estimator="single_point"``: Sec.
+    3.4 adopts the single-point zeroth-order estimate in Alg. 1 by choice ("for efficient
+    computation"). ``estimator="two_point"`` and ``variant="fused"`` are this project's
+    extensions, not in the paper (see below); they are offered for their lower variance and lower
+    cost, and are named as such wherever results are reported.
 
     Task weights solve, at every step k, the surrogate min-max problem (9) of the paper
     ``min_lambda max_rho Phi_k = sum_i rho_i (f_i(A(lambda, theta^k)) - f_i(theta^k))`` where
@@ -53,8 +60,13 @@ class Marigold(Balancer):
       index; the batch value is the only one available without extra passes), and g_rho uses
       f(theta^k) of the same batch, so both terms of (11) see the same data B, as in Alg. 1.
     * A uses the optimizer's *current* state and learning rate (exp_avg, exp_avg_sq, step,
-      momentum_buffer), computed out of place (``balancers._functional_optim.virtual_step``).
-    * two_point subtracts the unperturbed value: same expectation (E[d] = 0), far lower variance.
+      momentum_buffer), computed out of place (``balancers._functional_optim.virtual_step``), on
+      the unclipped gradients: gradient clipping is refused (see the trainer contract).
+
+    This project's extensions (not the paper's algorithm):
+    * ``estimator="two_point"`` subtracts the unperturbed value f(A(lambda^k, theta^k)): same
+      expectation (E[d] = 0), far lower variance, one more virtual step per training step.
+    * ``variant="fused"`` takes the perturbed step as the real step (below), saving a backward.
 
     Variants and model passes per training step (fwd/bwd = full forward/backward of the model;
     the trainer's own forward and backward included; the m-dimensional softmax pull-back and Adam
@@ -73,8 +85,11 @@ class Marigold(Balancer):
 
     Trainer contract: ``attach(model, optimizer)`` first (SGD, Adam or AdamW); a closure
     ``closure(params=None) -> losses_K`` on the same batch, no autograd, no BN-statistics update,
-    no new dropout masks; ``step(closure)`` after every ``optimizer.step()``. fused assumes the
-    optimizer step uses exactly the gradients of the returned loss (no clipping or AMP skips).
+    no new dropout masks; ``step(closure)`` after every ``optimizer.step()``. Both variants assume
+    the optimizer step uses exactly the gradients of the returned loss, as A does (no AMP skips, no
+    clipping: with ``train.grad_clip`` the real step would differ from the virtual step whose
+    hypergradient is estimated, so the registry metadata ``needs_unclipped_step`` makes the trainer
+    refuse that configuration with one line).
     Positivity of the losses is checked (one host sync) only while ``check_values`` is on;
     otherwise a non-positive loss turns the weights into NaN rather than silently clamping.
     """

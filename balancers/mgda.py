@@ -11,7 +11,7 @@ from torch import Tensor
 from balancers._task_grads import GradientBalancer, gram
 from balancers.registry import register
 
-_NORMALIZATIONS = ("none", "l2", "loss")
+_NORMALIZATIONS = ("none", "l2", "loss", "loss+")
 
 
 @register(
@@ -38,9 +38,20 @@ class MGDA(GradientBalancer):
       uniform weights, on the host in float64. It stops when the Frank-Wolfe duality gap, an upper
       bound of the suboptimality, is at most ``tol * max_i M_ii`` or after ``max_iter`` iterations.
 
-    ``normalization`` rescales the gradients before the min-norm problem, as in Sener & Koltun's
-    code: ``"none"`` (default), ``"l2"`` (``g_i / ||g_i||``) or ``"loss"`` (``g_i / loss_i``); the
-    weights are then applied to the *unnormalised* losses, as there.
+    ``normalization`` divides each gradient by a normaliser ``n_i`` before the min-norm problem,
+    exactly as ``gradient_normalizers`` in Sener & Koltun's code (isl-org/MultiObjectiveOptimization,
+    ``multi_task/min_norm_solvers.py``): ``"none"`` (default) ``n_i = 1``; ``"l2"``
+    ``n_i = ||g_i||``; ``"loss"`` ``n_i = loss_i``; ``"loss+"`` ``n_i = loss_i ||g_i||``. Here that
+    is ``M_ij / (n_i n_j)`` on the Gram matrix. The weights are then applied to the *unnormalised*
+    losses, as there (``scale[t] = sol[t]`` times the raw loss). Sener & Koltun's example
+    configuration uses ``"loss+"``; the Nash-MTL and FAMO code, whose MGDA numbers the FAMO paper
+    reports, runs it with ``"none"`` (its MGDA default; the normalisation is not passed from the
+    command line), hence our default. The paper's text does not normalise ("optional and not
+    included in the paper", their code comment). ``"loss"`` and ``"loss+"`` need positive losses
+    (as a loss's value divides its gradient); a non-positive one gives NaN weights, and a ValueError
+    when ``check_values`` is on. Differences from their solver, where ours is exact: for K = 2
+    they clamp the weight to [0.001, 0.999] when one gradient dominates, we to [0, 1]; and their
+    weights times K in the Nash-MTL code (ours sum to one, as in Sener & Koltun's).
     """
 
     def __init__(self, n_tasks: int, normalization: str = "none", tol: float = 1e-12, max_iter: int = 10_000) -> None:
@@ -59,11 +70,30 @@ class MGDA(GradientBalancer):
     def solve(self, grads: Tensor, losses: Tensor) -> Tensor:
         m = gram(grads)
         if self.normalization != "none":
-            tiny = torch.finfo(torch.float64).tiny
-            scale = m.diagonal().sqrt() if self.normalization == "l2" else losses.to(torch.float64).abs()
-            scale = scale.clamp_min(tiny ** 0.5)
-            m = m / (scale[:, None] * scale[None, :])
+            n = gradient_normalizers(m, losses, self.normalization)
+            m = m / (n[:, None] * n[None, :])
         return min_norm_weights(m, self.tol, self.max_iter)
+
+    def _check_range(self, losses: Tensor) -> None:
+        if self.normalization in ("loss", "loss+") and not bool((losses > 0).all()):
+            raise ValueError(f"{self}: normalization {self.normalization!r} divides each task gradient by its "
+                             f"loss, so every loss must be > 0; got {losses.tolist()}")
+
+
+def gradient_normalizers(m: Tensor, losses: Tensor, normalization: str) -> Tensor:
+    """Sener & Koltun's normaliser ``n_i`` of each task gradient, from the Gram matrix ``m`` (float64).
+
+    ``"l2"``: ``||g_i||``; ``"loss"``: ``loss_i``; ``"loss+"``: ``loss_i ||g_i||``; ``"none"``: 1. A
+    zero gradient keeps a zero row (its norm is floored at 1e-154); a non-positive loss gives NaN.
+    """
+    norms = m.diagonal().clamp_min(0).sqrt().clamp_min(torch.finfo(torch.float64).tiny ** 0.5)
+    if normalization == "none":
+        return torch.ones_like(norms)
+    if normalization == "l2":
+        return norms
+    value = losses.to(device=m.device, dtype=torch.float64)
+    value = torch.where(value > 0, value, torch.full_like(value, float("nan")))  # no silent clamping
+    return value if normalization == "loss" else value * norms
 
 
 def min_norm_weights(m: Tensor, tol: float = 1e-12, max_iter: int = 10_000) -> Tensor:
@@ -73,6 +103,7 @@ def min_norm_weights(m: Tensor, tol: float = 1e-12, max_iter: int = 10_000) -> T
         denom = m[0, 0] + m[1, 1] - 2 * m[0, 1]
         w0 = torch.where(denom > 0, (m[1, 1] - m[0, 1]) / denom.clamp_min(torch.finfo(m.dtype).tiny),
                          torch.full_like(denom, 0.5)).clamp(0.0, 1.0)
+        w0 = torch.where(torch.isnan(denom), denom, w0)  # NaN in (a normaliser), NaN out: never silent
         return torch.stack([w0, 1 - w0])
     w = frank_wolfe(m.detach().cpu().numpy().astype(np.float64), tol, max_iter)
     return torch.from_numpy(w).to(m.device)
@@ -85,6 +116,8 @@ def frank_wolfe(m: np.ndarray, tol: float = 1e-12, max_iter: int = 10_000) -> np
     of ms on busy cores (e.g. next to torch's own threads), far longer than these K-sized products.
     """
     k = m.shape[0]
+    if not np.isfinite(m).all():  # NaN in (a normaliser), NaN out: never silent
+        return np.full(k, np.nan)
     w = np.full(k, 1.0 / k)
     mw = np.einsum("ij,j->i", m, w)
     threshold = tol * max(float(np.max(np.diag(m))), np.finfo(np.float64).tiny)

@@ -21,6 +21,8 @@ class BalancerInfo:
     ``needs_task_grads``: computes per-task gradients of the shared parameters (O(K) passes).
     ``has_parameters``: owns parameters the *model* optimizer must train (``named_learnables``).
     ``needs_epoch_end``: relies on ``epoch_end()`` being called after each epoch.
+    ``needs_unclipped_step``: models the optimizer step on exactly the gradients of the returned
+    loss (MARIGOLD's virtual step), so a trainer must not clip gradients (``train.grad_clip``).
     """
 
     name: str
@@ -34,6 +36,7 @@ class BalancerInfo:
     needs_epoch_end: bool = False
     stochastic: bool = False
     stateful: bool = False
+    needs_unclipped_step: bool = False
 
 
 _REGISTRY: dict[str, BalancerInfo] = {}
@@ -51,6 +54,7 @@ def register(
     needs_epoch_end: bool = False,
     stochastic: bool = False,
     stateful: bool = False,
+    needs_unclipped_step: bool = False,
 ) -> Callable[[B], B]:
     """Class decorator that registers a balancer under ``name``; a duplicate name is an error."""
 
@@ -59,7 +63,7 @@ def register(
             raise ValueError(f"balancer name {name!r} is already registered by {_REGISTRY[name].cls}")
         info = BalancerInfo(
             name, cls, description, paper, needs_closure, needs_model, needs_task_grads,
-            has_parameters, needs_epoch_end, stochastic, stateful,
+            has_parameters, needs_epoch_end, stochastic, stateful, needs_unclipped_step,
         )
         cls.registry_name = name  # type: ignore[attr-defined]
         cls.registry_info = info  # type: ignore[attr-defined]

@@ -56,18 +56,25 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_optimizer(cfg: RunConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+def build_optimizer(cfg: RunConfig, params: list[torch.nn.Parameter], balancer: Balancer | None = None
+                    ) -> torch.optim.Optimizer:
+    """The model's optimizer; a balancer's ``named_learnables()`` (UW's log-variances) get a group of
+    their own at its ``learnables_lr`` (None: the model's), without weight decay, as in the references."""
     t = cfg.train
     if not t.lr > 0:
         raise ConfigError(f"train.lr must be > 0, got {t.lr}")
     if t.weight_decay < 0:
         raise ConfigError(f"train.weight_decay must be >= 0, got {t.weight_decay}")
+    groups: list[dict[str, Any]] = [{"params": params}]
+    if balancer is not None and (learnables := [p for _, p in balancer.named_learnables()]):
+        lr = balancer.learnables_lr
+        groups.append({"params": learnables, "weight_decay": 0.0, "lr": t.lr if lr is None else lr})
     if t.optimizer == "adam":
-        return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+        return torch.optim.Adam(groups, lr=t.lr, weight_decay=t.weight_decay)
     if t.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+        return torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
     if t.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
     raise ConfigError(f"train.optimizer must be adam, adamw or sgd, got {t.optimizer!r}")
 
 
@@ -92,6 +99,9 @@ def build_balancer(cfg: RunConfig, bench: Benchmark) -> Balancer:
         info = balancer_info(cfg.balancer.name)
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    if info.needs_unclipped_step and cfg.train.grad_clip is not None:  # e.g. MARIGOLD's virtual step
+        raise ConfigError(f"train.grad_clip must be null for {info.name!r}: it differentiates the optimizer step "
+                          "on unclipped gradients, so clipping would make the step taken differ from it")
     hparams = {**(cfg.method_defaults.get(cfg.balancer.name) or {}), **cfg.balancer.hparams}
     accepted = inspect.signature(info.cls.__init__).parameters
     bounds = getattr(bench, "loss_lower_bounds", None)
@@ -159,11 +169,7 @@ class Trainer:
         self.balancer = build_balancer(cfg, self.bench).to(self.device)
         self.balancer.check_values = False  # the trainer checks losses lazily (see _check_window)
         self.info = balancer_info(cfg.balancer.name)  # known: build_balancer checked it
-        params = list(self.model.parameters())
-        self.optimizer = build_optimizer(cfg, params)
-        learnables = [p for _, p in self.balancer.named_learnables()]
-        if learnables:
-            self.optimizer.add_param_group({"params": learnables, "weight_decay": 0.0})
+        self.optimizer = build_optimizer(cfg, list(self.model.parameters()), self.balancer)
         if self.info.needs_model:
             self.balancer.attach(self.model, self.optimizer)
         self.uses_closure = self.balancer.uses_closure
@@ -194,6 +200,7 @@ class Trainer:
         closure = self.closures.make(batch, rng) if rng is not None else None
         loss = self.balancer(losses, closure=closure)
         loss.backward()
+        self.balancer.after_backward()  # the method's own gradient surgery (Nash-MTL's max_norm)
         if self.cfg.train.grad_clip is not None:  # after backward, where it clips something
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
         self.optimizer.step()

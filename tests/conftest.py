@@ -4,7 +4,8 @@
 model (a shared ``Linear(4, 8)`` trunk and K ``Linear(8, 1)`` heads), its Adam optimizer, one fixed
 batch, the K positive task losses and the same-batch ``closure(params=None)`` of
 :data:`balancers.LossClosure`; the balancer is attached to the model and its learnables are added to
-the optimizer as its registry metadata asks. ``Problem.run`` then runs the trainer's steps.
+the optimizer (their own param group, at ``learnables_lr``) as its registry metadata asks.
+``Problem.run`` then runs the trainer's steps.
 
 Balancer configurations come from ``list_balancers()`` (so a newly registered balancer is covered
 without editing any test) plus a few extra variants of existing ones; test ids are
@@ -148,9 +149,11 @@ class Problem:
         return losses, self.balancer(losses, closure=self.closure if closure is None else closure)
 
     def finish(self, loss: Tensor, closure: Callable[..., Tensor] | None = None, epoch_end: bool | None = None) -> None:
-        """The rest of the trainer's step: backward, optimizer step, ``balancer.step``, epoch end."""
+        """The rest of the trainer's step: backward, ``balancer.after_backward``, optimizer step,
+        ``balancer.step``, epoch end."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self.balancer.after_backward()
         self.optimizer.step()
         self.balancer.step(self.closure if closure is None else closure)
         self.steps_done += 1
@@ -228,10 +231,10 @@ def make_problem(
     hparams = {**config.hparams(n_tasks, perm=perm), **(balancer_overrides or {})}
     balancer = create_balancer(config.name, n_tasks, **hparams).to(device)
     info = config.info
-    params = list(model.parameters())
-    if info.has_parameters:
-        params += list(dict(balancer.named_learnables()).values())
-    optimizer = torch.optim.Adam(params, lr=lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    if info.has_parameters:  # a param group of their own, at the balancer's learning rate (as the trainer)
+        learnable_lr = lr if balancer.learnables_lr is None else balancer.learnables_lr
+        optimizer.add_param_group({"params": list(dict(balancer.named_learnables()).values()), "lr": learnable_lr})
     if info.needs_model:
         balancer.attach(model, optimizer)
     return Problem(config, balancer, model, optimizer, x, y, s, epoch_every=epoch_every)

@@ -366,6 +366,7 @@ def test_closure_is_ignored_unless_used(config: BalancerConfig) -> None:
         loss = p.balancer(p.losses(), closure=None)
         p.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        p.balancer.after_backward()
         p.optimizer.step()
         p.balancer.step(None)
         if config.info.needs_epoch_end and (t + 1) % p.epoch_every == 0:
@@ -391,12 +392,36 @@ def test_balancer_never_steps_or_backprops_the_model(config: BalancerConfig) -> 
     assert all(t.grad is None for t in p.model.parameters()), f"{config} filled .grad in its call"
     assert all(torch.equal(t, params[n]) for n, t in p.model.named_parameters()), f"{config} moved the model"
     loss.backward()
+    p.balancer.after_backward()  # the one hook that may change .grad (Nash-MTL's clipping)
     p.optimizer.step()
     params = {n: t.detach().clone() for n, t in p.model.named_parameters()}
     grads = {n: t.grad.clone() for n, t in p.model.named_parameters()}
     p.balancer.step(p.closure)
     for n, t in p.model.named_parameters():
         assert torch.equal(t, params[n]) and torch.equal(t.grad, grads[n]), f"{config} step() touched {n}"
+
+
+@parametrize_configs()
+def test_after_backward_only_rescales_gradients(config: BalancerConfig) -> None:
+    """The hook never moves parameters; it leaves ``.grad`` alone unless the class overrides it, and
+    then only shrinks it (clipping), keeping every parameter's gradient direction."""
+    p = make_problem(config, dtype=torch.float64)
+    p.run(2)
+    _, loss = p.call()
+    p.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    params = {n: t.detach().clone() for n, t in p.model.named_parameters()}
+    grads = {n: t.grad.clone() for n, t in p.model.named_parameters()}
+    p.balancer.after_backward()
+    overrides = type(p.balancer).after_backward is not Balancer.after_backward
+    for n, t in p.model.named_parameters():
+        assert torch.equal(t, params[n]), f"{config} after_backward moved {n}"
+        if not overrides:
+            assert torch.equal(t.grad, grads[n]), f"{config} after_backward changed {n}.grad without overriding it"
+        else:
+            ratio = t.grad.norm() / grads[n].norm()
+            assert float(ratio) <= 1 + 1e-12, f"{config} after_backward grew {n}.grad"
+            torch.testing.assert_close(t.grad, ratio * grads[n], rtol=1e-12, atol=0)
 
 
 def test_a_balancer_nested_in_another_module_checkpoints() -> None:

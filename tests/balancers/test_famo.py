@@ -183,6 +183,35 @@ def test_loss_below_min_losses_is_rejected() -> None:
         lagged(torch.tensor([0.5, 0.39, 0.5]))
 
 
+@pytest.mark.parametrize("update", ["same_batch", "lagged"])
+def test_min_losses_are_compared_exactly_in_the_losses_dtype(update: str) -> None:
+    """The bound 0.3 is kept exactly (float64) and rounded once to the losses' dtype. Stored in
+    float32 it was 0.30000001192..., which refused the float64 loss 0.30000000592."""
+    b = create_balancer("famo", 2, min_losses=0.3, update=update)
+    assert b.min_losses.dtype == torch.float64 and b.min_losses.tolist() == [0.3, 0.3]
+    ok64 = torch.tensor([0.30000000592, 1.0], dtype=torch.float64)
+    assert 0.3 < float(ok64[0]) < float(torch.tensor(0.3, dtype=torch.float32))  # the case itself
+    b(ok64)  # accepted
+    d = float(b._shifted(ok64)[0])
+    assert abs(d - (0.30000000592 - 0.3 + 1e-8)) < 1e-20  # D in float64 from the exact bound
+    with pytest.raises(ValueError, match="min_losses"):
+        b(torch.tensor([0.29999999999, 1.0], dtype=torch.float64))
+    # float32: accepted exactly when not below float32(0.3), the value D subtracts
+    f32_bound = torch.tensor(0.3, dtype=torch.float32)
+    b(torch.stack([f32_bound, torch.tensor(1.0)]))
+    below = torch.nextafter(f32_bound, torch.tensor(0.0))
+    with pytest.raises(ValueError, match="min_losses"):
+        b(torch.stack([below, torch.tensor(1.0)]))
+    # the bounds stay float64 through dtype and device moves, and survive a state_dict round trip
+    for module in (b.float(), b.half(), b.double(), b.to("cpu")):
+        assert module.min_losses.dtype == torch.float64 and module.min_losses.tolist() == [0.3, 0.3]
+    c = create_balancer("famo", 2, min_losses=0.0, update=update)
+    c.load_state_dict(b.state_dict())
+    c(ok64)
+    with pytest.raises(ValueError, match="min_losses"):  # the loaded bound is used, not a stale cache
+        c(torch.tensor([0.2, 1.0], dtype=torch.float64))
+
+
 def test_scalar_min_losses_broadcast() -> None:
     seq = loss_sequence(10, torch.full((K,), 0.2), seed=6)
     a = create_balancer("famo", K, min_losses=0.2, w_lr=0.1)
