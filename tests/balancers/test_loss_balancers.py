@@ -189,7 +189,7 @@ def test_dbmtl_update_matches_the_authors_recursion(beta: float, sigma: float) -
         # heads get their own log-loss gradient (1/K) ℓ_i / (ℓ_i + ε), not α
         torch.testing.assert_close(model.heads.grad, torch.full((3,), 1 / 3, dtype=F64), rtol=1e-7, atol=0)
         # the value is the mean log loss: the correction term is exactly zero
-        assert float(out) == float((losses.detach() + EPS).log().mean())
+        assert float(out.detach()) == float((losses.detach() + EPS).log().mean())
         torch.testing.assert_close(b.weights.double(), 1 / (3 * (losses.detach() + EPS)))
 
 
