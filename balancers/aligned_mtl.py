@@ -32,6 +32,12 @@ class AlignedMTL(GramianWeightingBalancer):
     preference ``1`` instead of ``1/K`` (weights ``K`` times ours: a constant factor). The weights
     may be negative and do not sum to one. The returned loss is ``Σ_i w_i ℓ_i`` (heads receive
     ``w_i`` times their gradient; the authors' heads receive their plain gradient).
+
+    Orthogonal gradients of norms 1 and 2: each task then moves by ``λ_min^{1/2} / K``:
+
+    >>> import torch
+    >>> AlignedMTL(n_tasks=2).weigh(torch.diag(torch.tensor([1.0, 4.0], dtype=torch.float64))).tolist()
+    [0.5, 0.25]
     """
 
     nonnegative_weights = False

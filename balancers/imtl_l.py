@@ -36,7 +36,7 @@ class IMTLL(Balancer):
     identical weight trajectories (pinned by a test). IMTL-G (the gradient half) is ``imtlg``.
 
     >>> b = IMTLL(n_tasks=2)
-    >>> float(b(torch.tensor([1.0, 3.0])))
+    >>> float(b(torch.tensor([1.0, 3.0])).detach())
     2.0
     >>> b.weights.tolist()
     [0.5, 0.5]

@@ -42,6 +42,11 @@ class PCGrad(GramianWeightingBalancer):
     Choices: the authors' TensorFlow code shuffles once per step and also projects ``g_i^PC`` on
     ``g_i`` itself; TorchJD draws an order per task and skips ``j = i`` (a projection on ``g_i``
     only acts once ``g_i^PC`` conflicts with ``g_i``, which the others' projections rarely cause).
+
+    On a Gramian (g1 = (1, 0), g2 = (-1, 1) conflict): g1 + g2/2 and g2 + g1, averaged:
+
+    >>> PCGrad(n_tasks=2).weigh(torch.tensor([[1.0, -1.0], [-1.0, 2.0]], dtype=torch.float64)).tolist()
+    [1.0, 0.75]
     """
 
     weights_sum_to_one = False
