@@ -54,12 +54,24 @@ def test_imtl_l_scales_drive_every_scaled_loss_to_one() -> None:
 
 def test_imtl_l_is_uncertainty_weighting_with_the_scale_negated() -> None:
     """mean(e^{s} ℓ - s) at s = -s' is uw's mean(e^{-s'} ℓ + s'); Adam's step is odd in the gradient,
-    so the two trajectories coincide (weights and losses) on the same problem."""
-    w_imtl, out_imtl = make_problem("imtl_l", dtype=F64).run(10)
-    w_uw, out_uw = make_problem("uw", dtype=F64).run(10)
-    for a, b in zip(w_imtl + out_imtl, w_uw + out_uw):
+    so with the same optimizer (one Adam over model and scales, same lr) the two trajectories coincide."""
+    runs = []
+    for name in ("imtl_l", "uw"):
+        p = make_problem(name, dtype=F64)  # the same fresh model, data and balancer defaults
+        learnables = list(dict(p.balancer.named_learnables()).values())
+        opt = torch.optim.Adam([*p.model.parameters(), *learnables], lr=0.05)  # one lr for both
+        weights = []
+        for _ in range(10):
+            loss = p.balancer(p.losses())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            weights.append(p.balancer.weights.clone())
+        runs.append((weights, learnables[0].detach().clone()))
+    for a, b in zip(runs[0][0], runs[1][0]):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
-    assert not torch.allclose(w_imtl[-1], w_imtl[0])  # the weights did move
+    torch.testing.assert_close(runs[0][1], -runs[1][1], rtol=1e-12, atol=0)
+    assert not torch.allclose(runs[0][0][-1], runs[0][0][0])  # the weights did move
 
 
 # ------------------------------------------------------------------------------------- GLS

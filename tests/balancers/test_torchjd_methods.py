@@ -196,10 +196,11 @@ def test_mgda_is_at_least_as_good_as_torchjd_and_agrees_when_it_converges() -> N
         torch.testing.assert_close(ours, tight, rtol=0, atol=1e-3)
 
 
-def test_nashmtl_direction_equals_the_reference_solver_and_its_scale_differs_by_the_norm() -> None:
-    """TorchJD's NashMTL (the reference code's cvxpy/ECOS sequential solver, max_norm 0 = no
-    clipping) solves (G Gᵀ) a = 1/a on the *unnormalised* Gramian; ``nashmtl`` solves it on
-    G Gᵀ / ||G Gᵀ||_F. Same direction; ours = ||G Gᵀ||_F^{1/2} × the reference's."""
+def test_nashmtl_direction_equals_the_reference_solver() -> None:
+    """TorchJD's NashMTL weighting (the reference code's cvxpy/ECOS sequential solver; max_norm 0 = no
+    clipping) and ``nashmtl`` give proportional weights: the same update direction. The reference's
+    α solves (G Gᵀ) α = 1/α on the unnormalised Gramian; the scale of ``nashmtl``'s weights is
+    compared in docs/fidelity_parts (it depends on which system ``nash_weights`` solves)."""
     pytest.importorskip("ecos", reason="TorchJD's NashMTL needs the torchjd[nash-mtl] extra (dev dependency)")
     from torchjd.aggregation._nash_mtl import _NashMTLWeighting
 
@@ -208,6 +209,7 @@ def test_nashmtl_direction_equals_the_reference_solver_and_its_scale_differs_by_
         m = grads @ grads.T
         reference = _NashMTLWeighting(n_tasks=k, max_norm=0.0, update_weights_every=1, optim_niter=20)
         theirs = reference(grads)
-        ours = nash_weights(m)
+        assert float((m @ theirs * theirs - 1).abs().max()) < 1e-3  # the reference: α_i (GGᵀα)_i = 1
+        ratio = nash_weights(m) / theirs
         # the reference stops at ||M a - 1/a|| < 1e-3 (normalised units): 1e-2 relative holds with margin
-        torch.testing.assert_close(ours, theirs * torch.linalg.norm(m) ** 0.5, rtol=1e-2, atol=0)
+        assert float(ratio.max() / ratio.min() - 1) < 1e-2, f"not proportional: ratios {ratio.tolist()}"
