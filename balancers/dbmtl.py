@@ -80,8 +80,11 @@ class DBMTL(GradientBalancer):
         grads = task_gradients(log_losses, self._shared)  # (K, P), detached; graph retained
         self._steps += 1
         beta_t = self.beta / self._steps ** self.beta_sigma
-        ema = grads * (1.0 - beta_t) if self._ema is None else grads + beta_t * (self._ema - grads)
-        self._ema = ema
+        if self._ema is None:  # ĝ = 0 before the first step
+            self._ema = grads * (1.0 - beta_t)
+        else:  # ĝ ← g + β_t (ĝ − g) = ĝ + (1 − β_t)(g − ĝ), in place: no K × P temporary
+            self._ema.lerp_(grads, 1.0 - beta_t)
+        ema = self._ema
         norms = ema.norm(dim=1)
         alpha = norms.max() / (norms + EPS)
         self.alpha.copy_(alpha.detach())
