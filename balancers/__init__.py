@@ -9,5 +9,7 @@ from balancers.registry import BalancerInfo, balancer_info, create_balancer, lis
 
 # Importing the modules registers them, in the order `balancebench list` shows them.
 from balancers import uniform, fixed, si, rlw, uw, dwa, famo, marigold, mgda, imtlg, nashmtl  # noqa: E402,F401  isort: skip
+# issue 16: loss-based balancers, then the O(K) references through TorchJD's weightings
+from balancers import imtl_l, gls, stch, dbmtl, pcgrad, cagrad, upgrad, aligned_mtl  # noqa: E402,F401  isort: skip
 
 __all__ = ["Balancer", "BalancerInfo", "LossClosure", "balancer_info", "create_balancer", "list_balancers", "register"]

@@ -34,9 +34,11 @@ from balancers import Balancer, BalancerInfo, balancer_info, create_balancer, li
 N_TASKS = 3
 SEED = 0
 
-#: Constructor arguments a balancer cannot be built without (function of the number of tasks).
+#: Constructor arguments a balancer cannot be built without (function of the number of tasks), or
+#: without which the suite's few-step runs would not reach its method (STCH's warm-up lasts 4 epochs).
 REQUIRED_HPARAMS: dict[str, Callable[[int], dict[str, Any]]] = {
     "fixed": lambda k: {"weights": [float(i + 1) for i in range(k)]},
+    "stch": lambda k: {"warmup_epochs": 1},
 }
 #: Variants of registered balancers that the contract suite covers too (only if registered).
 EXTRA_HPARAMS: dict[str, list[dict[str, Any]]] = {
