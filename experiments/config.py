@@ -48,7 +48,8 @@ class BalancerConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: PositiveInt = 10
-    batch_size: PositiveInt = 64
+    #: at most 2**20: a data loader holds batch_size references per batch
+    batch_size: Annotated[int, Range(ge=1, le=2**20)] = 64
     #: cap on training steps per epoch (None: the whole training set)
     max_steps_per_epoch: PositiveInt | None = None
     optimizer: Annotated[str, OneOf(("adam", "adamw", "sgd"))] = "adam"
@@ -141,6 +142,8 @@ def parse_set(assignments: list[str]) -> dict[str, Any]:
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """``yaml.safe_load`` a file; a missing file or malformed YAML is a one-line ConfigError."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder; a config file (YAML) is needed")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:

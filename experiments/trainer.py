@@ -253,6 +253,9 @@ class Trainer:
     # ------------------------------------------------------------------------------ driver
     def run(self, resume: bool = False) -> dict[str, Any]:
         _, self.val_loader, self.test_loader = self.bench.loaders(self.cfg.train.batch_size, self.cfg.seed)
+        if self._steps_per_epoch() == 0:  # e.g. a batch larger than a training set that drops the last batch
+            raise ConfigError(f"train.batch_size {self.cfg.train.batch_size} leaves no full batch in the training set: "
+                              "no training step would run")
         if self.cosine is not None:
             self.cosine.set_batch(self.val_loader)  # the fixed probe batch: the first validation batch
         if resume and (self.run_dir / rundir.LAST).is_file():
@@ -364,10 +367,15 @@ def train(cfg: RunConfig, run_dir: Path | None = None, *, resume: bool = False,
         return RunResult(run_dir, finished, already_finished=True)
     if run_dir.exists() and not resume and any(run_dir.iterdir()):
         raise UserError(f"run directory {run_dir} already exists and is not empty (use --resume to continue it)")
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         summary = Trainer(cfg, run_dir, on_epoch=on_epoch).run(resume=resume)
-    except KeyboardInterrupt as exc:
-        saved = (run_dir / rundir.CONFIG).is_file()
-        raise RunInterrupted(run_dir if saved else None) from exc
+    except (KeyboardInterrupt, UserError) as exc:
+        saved = any(run_dir.iterdir())
+        if created and not saved:  # stopped before anything was written: leave no empty folder
+            run_dir.rmdir()
+        if isinstance(exc, KeyboardInterrupt):
+            raise RunInterrupted(run_dir if saved else None) from exc
+        raise
     return RunResult(run_dir, summary)
