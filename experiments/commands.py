@@ -95,7 +95,17 @@ def stl_command(args: argparse.Namespace) -> int:
 def toy_command(args: argparse.Namespace) -> int:
     from experiments.toy_runs import run_toy
 
+    from balancers import balancer_info
+    from experiments.errors import UserError
+
     names = [n.strip() for n in args.balancers.split(",") if n.strip()]
+    if not names:
+        raise UserError(f"--balancers: give at least one balancer name, got {args.balancers!r}")
+    for name in names:  # before any run starts, not after the others have trained
+        try:
+            balancer_info(name)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
     table = run_toy(names, scale=args.scale, overrides=parse_set(args.overrides), out=Path(args.out),
                     progress=not args.quiet, workers=args.workers)
     print(table.to_markdown(index=False))
