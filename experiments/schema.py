@@ -119,7 +119,10 @@ def _number(value: Any, hint: type, path: str) -> int | float:
         if isinstance(value, float) and not value.is_integer():
             raise ConfigError(f"{path}: expected an integer, got {value!r}")
         return int(value)
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an integer beyond float range
+        raise ConfigError(f"{path}: expected a finite number, got {value!r}") from None
 
 
 def coerce(value: Any, hint: Any, path: str) -> Any:
@@ -233,9 +236,10 @@ def check_options(fn: Callable[..., Any], options: Mapping[str, Any], path: str,
 def _named_option(message: str, options: Mapping[str, Any]) -> str | None:
     """The option a constructor's error message is about: the first name it mentions, else the
     only option whose value it quotes."""
-    for key in options:
-        if re.search(rf"(?<![\w.]){re.escape(key)}(?!\w)", message):
-            return key
+    found = {key: m.start() for key in options
+             if (m := re.search(rf"(?<![\w.]){re.escape(key)}(?!\w)", message))}
+    if found:
+        return min(found, key=found.__getitem__)
     quoted = [k for k, v in options.items() if isinstance(v, (int, float, str)) and str(v)
               and re.search(rf"(?<![\w.-]){re.escape(str(v))}(?![\w.])", message)]
     return quoted[0] if len(quoted) == 1 else None

@@ -64,7 +64,7 @@ WORDS = st.sampled_from(["", "abc", "1e-3", "-1", "0", ".nan", "auto", "cpu", "c
 
 
 def scalars(big: bool) -> st.SearchStrategy[Any]:
-    ints = st.integers(-3, 40) | (st.sampled_from([0, -1, 2**31, 2**63, 10**30]) if big else st.integers(-3, 40))
+    ints = st.integers(-3, 40) | (st.sampled_from([0, -1, 2**31, 2**63, 10**30, 10**400]) if big else st.integers(-3, 40))
     floats = st.floats(allow_nan=True, allow_infinity=True) if big else st.floats(-100, 100)
     return st.none() | st.booleans() | ints | floats | SAFE_TEXT | WORDS
 
@@ -98,7 +98,7 @@ def from_hint(hint: Any, big: bool) -> st.SearchStrategy[Any]:
         return st.one_of([st.none() if a is type(None) else from_hint(a, big) for a in args])
     if dataclasses.is_dataclass(hint) or hint is Any:
         return junk()
-    typed = {bool: st.booleans(), int: st.integers(-3, 40) | (st.sampled_from([2**31, 2**63, 10**30]) if big else st.nothing()),
+    typed = {bool: st.booleans(), int: st.integers(-3, 40) | (st.sampled_from([2**31, 2**63, 10**30, 10**400]) if big else st.nothing()),
              float: st.floats(-1e3, 1e3) | st.sampled_from([0.0, 1e-300, 1e300, float("inf"), float("nan")]),
              str: WORDS | SAFE_TEXT}.get(hint)
     if typed is None and (origin in (list, tuple) or str(origin).endswith("Sequence")):
