@@ -17,10 +17,21 @@ import importlib  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from experiments.config import CONFIG_DIR, SCALES  # noqa: F401  (CONFIG_DIR re-exported)
-from experiments.errors import UserError
+from experiments.errors import UserError, os_error_line
+
+#: what Ctrl-C leaves behind, for the commands whose work is saved as it goes and continued by
+#: running them again (``train`` names its own ``--resume`` command line instead)
+_CONTINUED_BY_RERUN = {"study", "demo", "stl", "toy", "claims"}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line (exit 2), like every other user error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"balancebench: error: {message} (see {self.prog} --help)\n")
 
 
 def _command(path: str) -> Callable[[argparse.Namespace], Any]:
@@ -43,7 +54,9 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--out", default=None, help="parent directory of run directories (default: runs/)")
     p.add_argument("--device", default=None, help="auto | cpu | cuda")
-    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run directory")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue an interrupted run directory with the config it was trained with "
+                        "(a finished run is left as it is)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_command("experiments.commands:train_command"))
 
@@ -71,7 +84,7 @@ def _add_toy(sub: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="balancebench", description="Fair comparisons of multi-task loss balancers.")
+    parser = _Parser(prog="balancebench", description="Fair comparisons of multi-task loss balancers.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("list", help="registered balancers, benchmarks and variants")
@@ -102,22 +115,39 @@ def _load_extra_parsers() -> None:
             _EXTRA_PARSERS.append(fn)
 
 
+def interrupted_line(command: str, exc: KeyboardInterrupt) -> str:
+    """What to tell the user after Ctrl-C: how to continue, exactly."""
+    continue_with = getattr(exc, "continue_with", None)
+    if continue_with:
+        return f"interrupted; finished epochs are saved (continue with: {continue_with})"
+    if command in _CONTINUED_BY_RERUN:
+        return "interrupted; finished work is saved (run the same command to continue)"
+    return "interrupted; nothing to continue (run the command again)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``balancebench`` entry point. The one place where errors meet the user: a UserError or
+    an OS error (a path that cannot be created, written or read) is one line and exit code 2;
+    ``--debug`` re-raises it with its traceback. Anything else is a bug and keeps its traceback."""
     _load_extra_parsers()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0), or a usage error already printed as one line (2)
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         result = args.func(args)
     except BrokenPipeError:  # e.g. `balancebench list | head`
         sys.stderr.close()
         return 0
-    except KeyboardInterrupt:
-        print("balancebench: interrupted; finished work is saved (run the same command to continue)", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"balancebench: {interrupted_line(args.command, exc)}", file=sys.stderr)
         return 130
-    except UserError as exc:
+    except (UserError, OSError) as exc:
         if args.debug:
             raise
-        print(f"balancebench: error: {exc}", file=sys.stderr)
+        line = os_error_line(exc) if isinstance(exc, OSError) else str(exc)
+        print(f"balancebench: error: {' '.join(line.splitlines())}", file=sys.stderr)
         return 2
     return int(result or 0)
 

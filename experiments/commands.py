@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
-from experiments.config import RunConfig, load_run_config, parse_set
+from experiments.config import RunConfig, deep_merge, load_run_config, parse_set, run_config_from_dict, to_dict
 
 
 def list_command(args: argparse.Namespace) -> int:
@@ -28,8 +30,8 @@ def list_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> RunConfig:
-    """YAML + scale + CLI flags + ``--set`` overrides (later ones win)."""
+def cli_overrides(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The config values set on the command line: flags, then ``--set`` (later ones win)."""
     overrides: dict[str, Any] = dict(extra or {})
     if getattr(args, "balancer", None):
         overrides.setdefault("balancer", {})["name"] = args.balancer
@@ -41,29 +43,41 @@ def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = No
         overrides.setdefault("train", {})["device"] = args.device
     if getattr(args, "quiet", False):
         overrides.setdefault("train", {})["progress"] = False
-    from experiments.config import deep_merge
+    return deep_merge(overrides, parse_set(getattr(args, "overrides", []) or []))
 
-    overrides = deep_merge(overrides, parse_set(getattr(args, "overrides", []) or []))
-    return load_run_config(args.config, args.scale, overrides)
+
+def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> RunConfig:
+    """YAML + scale + CLI flags + ``--set`` overrides (later ones win)."""
+    return load_run_config(args.config, args.scale, cli_overrides(args, extra))
 
 
 def train_command(args: argparse.Namespace) -> int:
+    from experiments.errors import RunInterrupted, UserError
     from experiments.trainer import load_run_dir_config, train
 
     if args.resume:
-        resumed = Path(args.resume)
-        result = train(load_run_dir_config(resumed), resumed, resume=True)
+        if args.config or args.scale:
+            raise UserError("--resume continues a run with the config it was trained with; leave out --config/--scale")
+        run_dir = Path(args.resume)
+        # flags and --set apply on top of the run's config; train() refuses any that changes what is trained
+        cfg = run_config_from_dict(deep_merge(to_dict(load_run_dir_config(run_dir)), cli_overrides(args)))
+    elif not args.config:
+        raise UserError("train needs --config FILE (or --resume RUN_DIR)")
     else:
-        if not args.config:
-            from experiments.errors import UserError
-
-            raise UserError("train needs --config FILE (or --resume RUN_DIR)")
-        cfg = config_from_args(args)
-        result = train(cfg)
+        run_dir, cfg = None, config_from_args(args)
+    try:
+        result = train(cfg, run_dir, resume=bool(args.resume))
+    except RunInterrupted as exc:
+        if exc.run_dir is not None:
+            exc.continue_with = f"balancebench train --resume {shlex.quote(str(exc.run_dir))}"
+        raise
     summary = result.summary
-    print(f"status: {summary['status']}  best epoch: {summary['best_epoch']}  "
-          f"best val objective (Δm% vs {summary['reference']}): {summary['best_val_objective']}")
-    print(f"test metrics at best epoch: {summary['test_metrics']}")
+    if result.already_finished:
+        print(f"balancebench: {result.run_dir} is already finished ({summary.get('epochs_trained')} epochs); "
+              "left as it is", file=sys.stderr)
+    print(f"status: {summary.get('status')}  best epoch: {summary.get('best_epoch')}  "
+          f"best val objective (Δm% vs {summary.get('reference')}): {summary.get('best_val_objective')}")
+    print(f"test metrics at best epoch: {summary.get('test_metrics')}")
     print(result.run_dir)
     return 0
 
@@ -81,7 +95,17 @@ def stl_command(args: argparse.Namespace) -> int:
 def toy_command(args: argparse.Namespace) -> int:
     from experiments.toy_runs import run_toy
 
+    from balancers import balancer_info
+    from experiments.errors import UserError
+
     names = [n.strip() for n in args.balancers.split(",") if n.strip()]
+    if not names:
+        raise UserError(f"--balancers: give at least one balancer name, got {args.balancers!r}")
+    for name in names:  # before any run starts, not after the others have trained
+        try:
+            balancer_info(name)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
     table = run_toy(names, scale=args.scale, overrides=parse_set(args.overrides), out=Path(args.out),
                     progress=not args.quiet, workers=args.workers)
     print(table.to_markdown(index=False))

@@ -1,73 +1,82 @@
 """Run configuration: frozen dataclasses loaded from YAML, scales, ``--set`` overrides.
 
 A benchmark YAML holds a base run config plus ``scales: {tiny: {...}, small: {...}, full: {...}}``
-whose entries are deep-merged over the base. Unknown keys are rejected with their dotted path.
+whose entries are deep-merged over the base. The dataclasses below are the schema: each field's
+type hint carries its range or choices (:mod:`experiments.schema`), checked when a config is
+loaded; unknown keys and bad values are one-line errors naming their dotted path.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
 
 from experiments.errors import ConfigError
+from experiments.schema import (Matches, NonEmpty, NonNegativeInt, OneOf, PositiveInt, Range, Runtime, build, fields,
+                                runtime_fields)
 
 SCALES = ("tiny", "small", "full")
 #: the YAML configs shipped with the repository (the README installs it editable)
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
+Name = Annotated[str, NonEmpty()]
+
+
 @dataclass(frozen=True)
 class BenchmarkConfig:
-    name: str = "toy"
-    variant: str | None = None
-    #: constructor options of the benchmark (e.g. ``subset`` for QM9)
+    #: a registered benchmark (``balancebench list``); checked by the registry when it is built
+    name: Name = "toy"
+    variant: Name | None = None
+    #: constructor options of the benchmark (e.g. ``subset`` for QM9), checked against its signature
     options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class BalancerConfig:
-    name: str = "uniform"
-    #: constructor keyword arguments of the balancer
+    #: a registered balancer (``balancebench list``); checked by the registry when it is built
+    name: Name = "uniform"
+    #: constructor keyword arguments of the balancer, checked against its signature
     hparams: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 10
-    batch_size: int = 64
+    epochs: PositiveInt = 10
+    #: at most 2**20: a data loader holds batch_size references per batch
+    batch_size: Annotated[int, Range(ge=1, le=2**20)] = 64
     #: cap on training steps per epoch (None: the whole training set)
-    max_steps_per_epoch: int | None = None
-    optimizer: str = "adam"  # adam | adamw | sgd
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    momentum: float = 0.9  # sgd only
-    scheduler: str = "none"  # none | plateau | cosine | step
-    scheduler_factor: float = 0.7
-    scheduler_patience: int = 5
-    scheduler_min_lr: float = 1e-5
-    scheduler_step_size: int = 30
+    max_steps_per_epoch: PositiveInt | None = None
+    optimizer: Annotated[str, OneOf(("adam", "adamw", "sgd"))] = "adam"
+    lr: Annotated[float, Range(gt=0)] = 1e-3
+    weight_decay: Annotated[float, Range(ge=0)] = 0.0
+    momentum: Annotated[float, Range(ge=0, lt=1)] = 0.9  # sgd only
+    scheduler: Annotated[str, OneOf(("none", "plateau", "cosine", "step"))] = "none"
+    #: the lr is multiplied by this on a plateau / every ``scheduler_step_size`` epochs
+    scheduler_factor: Annotated[float, Range(gt=0, lt=1)] = 0.7
+    scheduler_patience: NonNegativeInt = 5
+    scheduler_min_lr: Annotated[float, Range(ge=0)] = 1e-5
+    scheduler_step_size: PositiveInt = 30
     #: max global gradient norm, applied after backward (None: no clipping)
-    grad_clip: float | None = None
+    grad_clip: Annotated[float, Range(gt=0)] | None = None
     #: stop after this many epochs without a better validation objective (None: never)
-    early_stopping_patience: int | None = None
+    early_stopping_patience: PositiveInt | None = None
     evaluate_test: bool = True
     #: log weights and losses every N training steps
-    log_every: int = 10
+    log_every: PositiveInt = 10
     #: check losses for NaN/Inf every N steps (one host sync each time)
-    check_every: int = 25
+    check_every: PositiveInt = 25
     #: measure task-gradient cosine similarity on a fixed probe batch every N steps (0: off)
-    cosine_every: int = 0
-    device: str = "auto"  # auto | cpu | cuda
+    cosine_every: NonNegativeInt = 0
+    device: Annotated[str, Matches(r"auto|cpu|cuda(:\d+)?", "auto, cpu or cuda[:N]"), Runtime()] = "auto"
     bf16: bool = False
-    progress: bool = True
-    num_threads: int | None = None
+    progress: Annotated[bool, Runtime()] = True
+    num_threads: Annotated[int, Range(ge=1, le=4096), Runtime()] | None = None
 
 
 @dataclass(frozen=True)
@@ -75,93 +84,27 @@ class RunConfig:
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     balancer: BalancerConfig = field(default_factory=BalancerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    #: ``build_model`` options of the benchmark (e.g. ``dropout``)
+    #: ``build_model`` options of the benchmark (e.g. ``dropout``), checked against its signature
     model: dict[str, Any] = field(default_factory=dict)
     #: per-balancer hyperparameter defaults on this benchmark, under ``balancer.hparams``
     #: (e.g. ``{famo: {gamma: 0.0}}`` on the toy, as the FAMO reference code runs it)
-    method_defaults: dict[str, Any] = field(default_factory=dict)
-    seed: int = 0
-    scale: str | None = None
+    method_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: below 2**32: numpy's limit, and the per-epoch loader seeds derived from it stay in range
+    seed: Annotated[int, Range(ge=0, le=2**32 - 1)] = 0
+    scale: Annotated[str, OneOf(SCALES)] | None = None
     #: Δm% reference: auto (literature STL at full scale, else the untrained model), literature,
     #: initial, or the path of an STL reference file/directory written by ``balancebench stl``
-    reference: str = "auto"
+    reference: Name = "auto"
     #: restrict the validation objective (model selection, early stopping) to these task names
     #: (None: all tasks); single-task reference runs select on their own task
-    objective_tasks: list[str] | None = None
+    objective_tasks: Annotated[list[Name], NonEmpty()] | None = None
     #: parent directory of run directories
-    out: str = "runs"
+    out: Annotated[str, NonEmpty(), Runtime()] = "runs"
     #: a free-form name used in the run directory
-    name: str | None = None
+    name: Annotated[str, NonEmpty(), Runtime()] | None = None
 
 
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _coerce(value: Any, hint: Any, path: str) -> Any:
-    """Check/convert a YAML value against a type hint (YAML reads 1e-3 as a string)."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(hint)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, path)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"{path}: invalid value {value!r}")
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, path)
-    if origin is dict or hint is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
-        return dict(value)
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{path}: expected true/false, got {value!r}")
-    if hint in (int, float):
-        if isinstance(value, bool):
-            raise ConfigError(f"{path}: expected a number, got {value!r}")
-        if isinstance(value, str):
-            try:
-                value = float(value) if hint is float else int(value)
-            except ValueError:
-                raise ConfigError(f"{path}: expected a number, got {value!r}") from None
-        if hint is int and isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if not isinstance(value, (int, float)) or (hint is int and not isinstance(value, int)):
-            raise ConfigError(f"{path}: expected {hint.__name__}, got {value!r}")
-        return hint(value)
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{path}: expected a list, got {value!r}")
-        (item,) = typing.get_args(hint) or (Any,)
-        return [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{path}: expected a string, got {value!r}")
-        return value
-    return value
-
-
-def _build(cls: type, data: Any, path: str = "") -> Any:
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path or 'config'}: expected a mapping, got {data!r}")
-    hints = _hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = [k for k in data if k not in names]
-    if unknown:
-        where = f"{path}.{unknown[0]}" if path else str(unknown[0])
-        raise ConfigError(f"unknown config key {where!r}; valid keys here: {', '.join(names)}")
-    kwargs = {k: _coerce(v, hints[k], f"{path}.{k}" if path else k) for k, v in data.items()}
-    return cls(**kwargs)
+_build = build  # the schema's dataclass loader (study configs use it too)
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -199,10 +142,14 @@ def parse_set(assignments: list[str]) -> dict[str, Any]:
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """``yaml.safe_load`` a file; a missing file or malformed YAML is a one-line ConfigError."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder; a config file (YAML) is needed")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not a text (UTF-8) file: {exc.reason} at byte {exc.start}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -233,7 +180,8 @@ def resolve_scale(raw: dict[str, Any], scale: str | None, source: str = "config"
 
 
 def run_config_from_dict(data: dict[str, Any]) -> RunConfig:
-    return _build(RunConfig, data)
+    """A validated RunConfig from a (YAML) mapping."""
+    return build(RunConfig, data)
 
 
 def load_run_config(
@@ -250,6 +198,39 @@ def load_run_config(
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+def config_diff(old: RunConfig, new: RunConfig, ignore_runtime: bool = True) -> list[str]:
+    """``["train.lr: 0.001 -> 0.01", ...]``: the fields where ``new`` differs from ``old`` (free
+    dicts compared key by key); fields marked Runtime are left out unless ``ignore_runtime`` is False."""
+    skip = runtime_fields(RunConfig) if ignore_runtime else set()
+    before, after = _flatten(to_dict(old)), _flatten(to_dict(new))
+    return [f"{path}: {_show(before, path)} -> {_show(after, path)}"
+            for path in sorted(set(before) | set(after), key=_schema_order)
+            if path not in skip and before.get(path, _MISSING) != after.get(path, _MISSING)]
+
+
+_MISSING = object()
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):  # an empty mapping sets nothing
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _show(flat: dict[str, Any], path: str) -> str:
+    return "(unset)" if path not in flat else repr(flat[path])
+
+
+def _schema_order(path: str) -> tuple[int, str]:
+    order = [p for p, _ in fields(RunConfig)]
+    owner = next((i for i, p in enumerate(order) if path == p or path.startswith(p + ".")), len(order))
+    return owner, path
 
 
 def replace(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:

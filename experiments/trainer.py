@@ -6,7 +6,6 @@ metadata (closure, model, learnable parameters, epoch hook) and never branches o
 
 from __future__ import annotations
 
-import inspect
 import math
 import random
 import time
@@ -20,14 +19,16 @@ import torch
 from torch import Tensor
 from torch.func import functional_call
 
-from balancers import Balancer, balancer_info, create_balancer
+from balancers import balancer_info
 from experiments import rundir
-from experiments.benchmarks import Benchmark, create_benchmark
+from experiments.benchmarks import Benchmark
 from experiments.config import RunConfig
-from experiments.errors import ConfigError, NonFiniteLossError, UserError
+from experiments.errors import ConfigError, NonFiniteLossError, RunInterrupted, UserError
 from experiments.evaluation import delta_m, evaluate, literature_reference, load_reference_file
 from experiments.gradients import CosineProbe
+from experiments.parts import build_balancer, build_benchmark, build_model
 from experiments.progress import progress_bar
+from experiments.resume import check_resume, config_entry, load_run_dir_config  # noqa: F401 (re-exported)
 from experiments.runlog import RunLog
 
 #: ``on_epoch(epoch, val_objective)``: called after each epoch; may raise to stop (pruning).
@@ -38,6 +39,8 @@ EpochCallback = Callable[[int, float], None]
 class RunResult:
     run_dir: Path
     summary: dict[str, Any]
+    #: a resumed run that had already finished: returned as it was, nothing trained or written
+    already_finished: bool = False
 
 
 def seed_everything(seed: int) -> None:
@@ -92,29 +95,6 @@ def build_scheduler(cfg: RunConfig, optimizer: torch.optim.Optimizer) -> Any:
     raise ConfigError(f"train.scheduler must be none, plateau, cosine or step, got {t.scheduler!r}")
 
 
-def build_balancer(cfg: RunConfig, bench: Benchmark) -> Balancer:
-    """The configured balancer. Unless the config sets them: a benchmark's loss lower bounds go to
-    a ``min_losses`` hyperparameter, and the run seed to a stochastic balancer's ``seed``."""
-    try:
-        info = balancer_info(cfg.balancer.name)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    if info.needs_unclipped_step and cfg.train.grad_clip is not None:  # e.g. MARIGOLD's virtual step
-        raise ConfigError(f"train.grad_clip must be null for {info.name!r}: it differentiates the optimizer step "
-                          "on unclipped gradients, so clipping would make the step taken differ from it")
-    hparams = {**(cfg.method_defaults.get(cfg.balancer.name) or {}), **cfg.balancer.hparams}
-    accepted = inspect.signature(info.cls.__init__).parameters
-    bounds = getattr(bench, "loss_lower_bounds", None)
-    if bounds is not None and "min_losses" in accepted:
-        hparams.setdefault("min_losses", list(bounds))
-    if info.stochastic and "seed" in accepted:  # each run seed gets its own balancer draws
-        hparams.setdefault("seed", cfg.seed)
-    try:
-        return create_balancer(cfg.balancer.name, bench.n_tasks, **hparams)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-
-
 class LossClosureFactory:
     """Builds the same-batch closure of :data:`balancers.LossClosure` for one batch.
 
@@ -161,11 +141,8 @@ class Trainer:
         self.device = resolve_device(cfg.train.device)
         self.autocast = bool(cfg.train.bf16 and self.device.type == "cuda")
         seed_everything(cfg.seed)
-        try:
-            self.bench = create_benchmark(cfg.benchmark.name, cfg.benchmark.variant, **cfg.benchmark.options)
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
-        self.model = self.bench.build_model(**cfg.model).to(self.device)
+        self.bench = build_benchmark(cfg)
+        self.model = build_model(cfg, self.bench).to(self.device)
         self.balancer = build_balancer(cfg, self.bench).to(self.device)
         self.balancer.check_values = False  # the trainer checks losses lazily (see _check_window)
         self.info = balancer_info(cfg.balancer.name)  # known: build_balancer checked it
@@ -176,8 +153,6 @@ class Trainer:
         self.scheduler = build_scheduler(cfg, self.optimizer)
         self.closures = LossClosureFactory(self.model, self.bench, self.device, self.autocast)
         self.log = RunLog(self.bench, self.device)
-        if cfg.train.cosine_every < 0:
-            raise ConfigError(f"train.cosine_every must be >= 0 (0: off), got {cfg.train.cosine_every}")
         #: task-gradient cosine probe (train.cosine_every); its rows are flushed with the run log
         self.cosine = CosineProbe(self.model, self.bench, self.device, cfg.train.cosine_every) if cfg.train.cosine_every else None
         self.log.cosine = self.cosine
@@ -282,6 +257,9 @@ class Trainer:
     # ------------------------------------------------------------------------------ driver
     def run(self, resume: bool = False) -> dict[str, Any]:
         _, self.val_loader, self.test_loader = self.bench.loaders(self.cfg.train.batch_size, self.cfg.seed)
+        if self._steps_per_epoch() == 0:  # e.g. a batch larger than a training set that drops the last batch
+            raise ConfigError(f"train.batch_size {self.cfg.train.batch_size} leaves no full batch in the training set: "
+                              "no training step would run")
         if self.cosine is not None:
             self.cosine.set_batch(self.val_loader)  # the fixed probe batch: the first validation batch
         if resume and (self.run_dir / rundir.LAST).is_file():
@@ -347,7 +325,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "epoch": self.epoch, "step": self.step_count, "best": self.best, "best_epoch": self.best_epoch,
             "since_best": self.since_best, "reference": self.reference, "reference_kind": self.reference_kind,
-            "torch_rng": torch.get_rng_state(),
+            "torch_rng": torch.get_rng_state(), "config": config_entry(self.cfg),
         }
 
     def _restore(self) -> None:
@@ -374,18 +352,6 @@ def _status_of(exc: BaseException) -> str:
     return "failed"
 
 
-def load_run_dir_config(run_dir: Path) -> RunConfig:
-    """The resolved config a run directory was trained with (for resuming it)."""
-    from experiments.config import load_yaml, run_config_from_dict
-
-    path = Path(run_dir) / rundir.CONFIG
-    if not path.is_file():
-        raise UserError(f"not a run directory (no {rundir.CONFIG}): {run_dir}")
-    data = load_yaml(path)
-    data.pop("resolved", None)
-    return run_config_from_dict(data)
-
-
 def default_run_dir(cfg: RunConfig) -> Path:
     parts = [cfg.benchmark.name] + ([cfg.benchmark.variant] if cfg.benchmark.variant else [])
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -395,11 +361,25 @@ def default_run_dir(cfg: RunConfig) -> Path:
 
 def train(cfg: RunConfig, run_dir: Path | None = None, *, resume: bool = False,
           on_epoch: EpochCallback | None = None) -> RunResult:
-    """Train one run; returns its directory and summary (see the README's run directory section)."""
+    """Train one run; returns its directory and summary (see the README's run directory section).
+
+    ``resume``: continue ``run_dir`` from its last checkpoint; a config that differs from the one it
+    was trained with is refused, and a finished run is returned untouched. Ctrl-C raises
+    :class:`RunInterrupted` carrying the run directory (None when nothing was saved yet)."""
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
+    if resume and (finished := check_resume(cfg, run_dir)) is not None:
+        return RunResult(run_dir, finished, already_finished=True)
     if run_dir.exists() and not resume and any(run_dir.iterdir()):
         raise UserError(f"run directory {run_dir} already exists and is not empty (use --resume to continue it)")
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(cfg, run_dir, on_epoch=on_epoch)
-    summary = trainer.run(resume=resume)
+    try:
+        summary = Trainer(cfg, run_dir, on_epoch=on_epoch).run(resume=resume)
+    except (KeyboardInterrupt, UserError) as exc:
+        saved = any(run_dir.iterdir())
+        if created and not saved:  # stopped before anything was written: leave no empty folder
+            run_dir.rmdir()
+        if isinstance(exc, KeyboardInterrupt):
+            raise RunInterrupted(run_dir if saved else None) from exc
+        raise
     return RunResult(run_dir, summary)

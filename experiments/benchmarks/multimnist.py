@@ -37,6 +37,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
 
+from experiments.schema import PositiveInt
+
 from .base import Benchmark, MetricSpec, MultiTaskModel
 
 #: side of the square canvas and of one MNIST digit
@@ -208,7 +210,7 @@ class MultiMNISTBenchmark(Benchmark):
             )
         return out[0], out[1], out[2]
 
-    def build_model(self, dropout: float = 0.5, width: int = 50, rec_hidden: int = 256) -> MultiTaskModel:
+    def build_model(self, dropout: float = 0.5, width: PositiveInt = 50, rec_hidden: PositiveInt = 256) -> MultiTaskModel:
         """LeNet trunk (36×36 → ``width`` features) and one head per task.
 
         ``dropout`` is used in the trunk (Dropout2d after the 2nd conv) and in the

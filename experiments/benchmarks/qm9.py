@@ -81,6 +81,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from experiments.benchmarks.base import Benchmark, MetricSpec, MultiTaskModel
+from experiments.schema import PositiveInt
 
 HAR2EV = 27.211386246  # eV per Hartree (the factor PyG's QM9 uses)
 
@@ -721,7 +722,7 @@ class QM9Benchmark(Benchmark):
         return train, val, test
 
     # ------------------------------------------------------------------ model
-    def build_model(self, dim: int = 64, **model_options: Any) -> MultiTaskModel:
+    def build_model(self, dim: PositiveInt = 64, **model_options: Any) -> MultiTaskModel:
         if model_options:
             raise TypeError(f"unknown model option(s) for benchmark 'qm9': {', '.join(sorted(model_options))}; valid: dim")
         trunk = MPNNTrunk(dim)

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from experiments.benchmarks.base import Benchmark, MetricSpec, MultiTaskModel
+from experiments.schema import PositiveInt
 
 
 class LinearHeads(nn.Module):
@@ -90,7 +91,7 @@ class SyntheticBenchmark(Benchmark):
         test = DataLoader(self.splits["test"], batch_size=1024)
         return train, val, test
 
-    def build_model(self, hidden: int = 64, depth: int = 2) -> SyntheticModel:
+    def build_model(self, hidden: PositiveInt = 64, depth: PositiveInt = 2) -> SyntheticModel:
         layers: list[nn.Module] = []
         width = self.input_dim
         for _ in range(depth):

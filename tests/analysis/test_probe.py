@@ -63,7 +63,13 @@ def test_checkpoint_measurement_equals_the_probe_at_the_same_step(tmp_path: Path
 def test_resumed_run_keeps_the_probe_rows_of_finished_epochs(tmp_path: Path) -> None:
     full = train(cfg(tmp_path, train={"cosine_every": 2}), tmp_path / "full").run_dir
     part = tmp_path / "part"
-    train(cfg(tmp_path, train={"cosine_every": 2, "epochs": 1}), part)
+
+    def stop_after_first(epoch: int, objective: float) -> None:
+        if epoch == 1:
+            raise KeyboardInterrupt  # as Ctrl-C after the first epoch (resuming refuses a changed config)
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg(tmp_path, train={"cosine_every": 2}), part, on_epoch=stop_after_first)
     train(cfg(tmp_path, train={"cosine_every": 2}), part, resume=True)
     a, b = pd.read_csv(full / rundir.COSINE), pd.read_csv(part / rundir.COSINE)
     assert list(a["step"]) == list(b["step"]) == [0, 2, 4, 6, 8]
