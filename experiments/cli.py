@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.config import CONFIG_DIR, SCALES  # noqa: F401  (CONFIG_DIR re-exported)
-from experiments.errors import UserError
+from experiments.errors import UserError, protect_output, redact
 
 
 def _command(path: str) -> Callable[[argparse.Namespace], Any]:
@@ -103,6 +103,7 @@ def _load_extra_parsers() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    protect_output(sys.argv[1:] if argv is None else argv)  # no password in any output or traceback
     _load_extra_parsers()
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -117,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         if args.debug:
             raise
-        print(f"balancebench: error: {exc}", file=sys.stderr)
+        print(f"balancebench: error: {redact(str(exc))}", file=sys.stderr)
         return 2
     return int(result or 0)
 

@@ -39,7 +39,7 @@ import pandas as pd
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
-from experiments.errors import UserError, mask_url
+from experiments.errors import UserError, mask_url, redact
 from experiments.progress import progress_bar
 from experiments.study_config import StudyConfig
 from experiments.study_plan import StudyPlan, first_difference, make_plan
@@ -76,7 +76,7 @@ def run_study(cfg: StudyConfig, *, progress: bool = True, verbose: bool | None =
     started = time.perf_counter()
     verbose = progress if verbose is None else verbose
     plan = make_plan(cfg)
-    storage = open_storage(plan.storage_url)
+    storage = open_storage(plan.storage_url, writer=True)
     lock = budget_lock(plan.storage_url, storage)
     with quiet_optuna():
         setup_studies(plan, storage, lock)
@@ -143,15 +143,15 @@ def _worker_main(plan: StudyPlan, index: int, threads: int, verbose: bool, error
     signal.signal(signal.SIGTERM, _raise_interrupt)  # a terminated worker marks its trial interrupted
     try:
         with quiet_optuna():
-            storage = open_storage(plan.storage_url)
+            storage = open_storage(plan.storage_url, writer=True)
             Worker(plan, index, storage, budget_lock(plan.storage_url, storage), print_line if verbose else None).run()
     except KeyboardInterrupt:
         sys.exit(130)
     except UserError as exc:
-        errors.put(("user", str(exc)))
+        errors.put(("user", redact(str(exc))))
         sys.exit(2)
-    except BaseException:  # internal errors keep their traceback
-        errors.put(("internal", traceback.format_exc()))
+    except BaseException:  # internal errors keep their traceback (passwords masked)
+        errors.put(("internal", redact(traceback.format_exc())))
         sys.exit(1)
 
 
