@@ -4,8 +4,9 @@ The fairness protocol, enforced here and in :mod:`experiments.study_worker`:
 
 * one Optuna study per method, ``<group>/<method>`` with ``<group> = <benchmark>-<variant>-<scale>``,
   all in ONE storage; every study records the same ``protocol`` user attribute (run config,
-  shared space, sampler class and seed, pruner, epochs, objective) and reopening a study with a
-  different protocol is an error;
+  shared space, sampler class and seed, pruner, epochs, objective, budget, methods, rerun seeds,
+  EMA) and its own space; reopening a study with any of them changed is a one-line error naming
+  the field, its stored and its new value;
 * the same trial budget per method, counted across all workers and machines (complete + pruned +
   failed trials; see :mod:`experiments.study_storage` for the exact lock-based count);
 * each method's published default configuration is enqueued as its trial 0;
@@ -99,36 +100,53 @@ def run_study(cfg: StudyConfig, *, progress: bool = True, verbose: bool | None =
 # ---------------------------------------------------------------------------------- setup
 def setup_studies(plan: StudyPlan, storage: BaseStorage, lock: BudgetLock) -> None:
     """Create (or check) one study per searched method with the shared protocol; enqueue the
-    published default as trial 0 of a new study."""
+    published default as trial 0 of a new study. Reopening a study with any protocol field changed
+    (budget, spaces, sampler, pruner, epochs, scale, methods, rerun seeds, run config) is refused,
+    before anything is written."""
     protocol = json.loads(json.dumps(plan.protocol))
     label = mask_url(plan.storage_url)
     with lock:
+        existing = {s.study_name: s for s in storage.get_all_studies()}
+        for method in plan.searched:  # check every existing study first: a refusal writes nothing
+            name = plan.study_name(method)
+            if name not in existing:
+                continue
+            attrs = existing[name].user_attrs
+            if attrs.get("kind") == "search":
+                own = _method_attrs(plan, method)
+                _check_protocol(name, label, {**attrs.get("protocol", {}), **{k: attrs.get(k) for k in own}},
+                                {**protocol, **own})
+            elif storage.get_all_trials(existing[name]._study_id, deepcopy=False):
+                raise UserError(f"study {name!r} in storage {label} was not created by balancebench")
         for method in plan.searched:
             name = plan.study_name(method)
             study = optuna.create_study(study_name=name, storage=storage, direction="minimize", load_if_exists=True)
-            own = json.loads(json.dumps({
-                "method_space": {k: v.as_dict() for k, v in plan.spaces[method].items()},
-                "fixed_hparams": plan.fixed_hparams[method], "first_trial": plan.first_trial[method]}))
-            attrs = study.user_attrs
-            if attrs.get("kind") is None and study.get_trials(deepcopy=False):
-                raise UserError(f"study {name!r} in storage {label} was not created by balancebench")
-            if attrs.get("kind") == "search":
-                for key, want in (("protocol", protocol), ("method", own)):
-                    stored = attrs.get(key) if key == "protocol" else {k: attrs.get(k) for k in own}
-                    if stored != want:
-                        raise UserError(
-                            f"study {name!r} in storage {label} was created with a different protocol "
-                            f"({first_difference(stored, want)}); use another --storage/--out or a study name")
-            else:
+            if study.user_attrs.get("kind") != "search":
                 values = {"kind": "search", "group": plan.group, "method": method, "protocol": protocol,
                           "protocol_hash": plan.protocol_hash, "metric_specs": plan.metric_specs,
-                          "tasks": plan.tasks, **own}
+                          "tasks": plan.tasks, "n_trials": plan.cfg.n_trials, **_method_attrs(plan, method)}
                 for key, value in values.items():
                     study.set_user_attr(key, value)
-            if attrs.get("n_trials") != plan.cfg.n_trials:
-                study.set_user_attr("n_trials", plan.cfg.n_trials)
             if not study.get_trials(deepcopy=False):
                 study.enqueue_trial(plan.first_trial[method], user_attrs={"published_default": True})
+
+
+def _method_attrs(plan: StudyPlan, method: str) -> dict[str, Any]:
+    """The part of the protocol that is the method's own (as stored: plain JSON)."""
+    return json.loads(json.dumps({
+        "method_space": {k: v.as_dict() for k, v in plan.spaces[method].items()},
+        "fixed_hparams": plan.fixed_hparams[method], "first_trial": plan.first_trial[method]}))
+
+
+def _check_protocol(name: str, label: str, stored: dict[str, Any], current: dict[str, Any]) -> None:
+    """One line naming the first protocol field that changed, with its stored and current value."""
+    difference = first_difference(stored, current)
+    if difference is None:
+        return
+    field_name, old, new = difference
+    raise UserError(f"study {name!r} in storage {label} was created with a different protocol: {field_name} was "
+                    f"{old!r}, now {new!r}; a study's protocol cannot change (run it with {field_name} = {old!r}, "
+                    "or start another study with another --out/--storage or name)")
 
 
 # ---------------------------------------------------------------------------------- workers
