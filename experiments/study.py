@@ -144,6 +144,10 @@ def _check_protocol(name: str, label: str, stored: dict[str, Any], current: dict
     if difference is None:
         return
     field_name, old, new = difference
+    if field_name.split(".")[0] not in stored:
+        raise UserError(f"study {name!r} in storage {label} was created by an earlier balancebench that did not "
+                        f"record {field_name} with the protocol; `balancebench results` reads it, but it cannot be "
+                        "continued safely: start another study with another --out/--storage or name")
     raise UserError(f"study {name!r} in storage {label} was created with a different protocol: {field_name} was "
                     f"{old!r}, now {new!r}; a study's protocol cannot change (run it with {field_name} = {old!r}, "
                     "or start another study with another --out/--storage or name)")

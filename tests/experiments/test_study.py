@@ -163,6 +163,16 @@ def test_another_n_trials_on_the_command_line_is_one_line(finished, capsys):
     assert len(err.splitlines()) == 1 and "n_trials was 3, now 2" in err
 
 
+def test_a_study_without_the_newer_protocol_fields_is_not_continued(finished, tmp_path):
+    cfg, _ = finished
+    copy = tmp_path / "study.journal"
+    copy.write_bytes((Path(cfg.out) / GROUP / "study.journal").read_bytes())
+    study = optuna.load_study(study_name=f"{GROUP}/uniform", storage=open_storage(str(copy)))
+    study.set_user_attr("protocol", {k: v for k, v in study.user_attrs["protocol"].items() if k != "n_trials"})
+    with pytest.raises(UserError, match="earlier balancebench that did not record n_trials"):
+        run_study(study_cfg(Path(cfg.out).parent, storage=str(copy)), progress=False)
+
+
 def test_budget_table_counts_every_trial_in_the_storage(finished, tmp_path):
     """A storage whose recorded budget drifted (as reopening with another --n-trials did before it
     was refused): the table counts the 3 trials that exist and says which are beyond the budget."""
