@@ -77,16 +77,16 @@ class CheckedJournalBackend(JournalFileBackend):
     def __init__(self, file_path: str, say: Callable[[str], None] = _say) -> None:
         super().__init__(file_path)
         self.say = say
-        #: log number -> byte offset where that record starts (a few checkpoints, not every line)
-        self._offsets: dict[int, int] = {0: 0}
+        #: (log number, byte offset where that record starts) after the last read: the storage asks
+        #: for ever later numbers, so the next read starts there instead of at the top
+        self._resume = (0, 0)
         #: the last record handed to the storage and its line number (to name a record that fails to apply)
         self.last_record: dict[str, Any] | None = None
         self.last_line = 0
 
     def read_logs(self, log_number_from: int) -> Iterator[dict[str, Any]]:
         self.last_record = None
-        number = max(n for n in self._offsets if n <= log_number_from)
-        offset = self._offsets[number]
+        number, offset = self._resume if self._resume[0] <= log_number_from else (0, 0)
         try:
             with open(self._file_path, "rb") as handle:
                 handle.seek(offset)
@@ -99,7 +99,7 @@ class CheckedJournalBackend(JournalFileBackend):
                         self.last_record, self.last_line = record, number
                         yield record
         finally:
-            self._offsets[number] = offset
+            self._resume = (number, offset)
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
         data = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs).encode("utf-8")

@@ -3,7 +3,9 @@
 Storage
     The default is Optuna's ``JournalStorage`` over a ``JournalFileBackend`` file
     (``results/<study>/study.journal``): an append-only log guarded by a file lock, so several
-    worker processes on one machine never see "database is locked" and no server is needed.
+    worker processes on one machine never see "database is locked" and no server is needed. It is
+    read and appended through :mod:`experiments.study_journal` (every line checked, a torn last
+    line repaired before the next write).
     ``optuna-dashboard results/<study>/study.journal`` opens it. Any URL with ``://`` is an Optuna
     RDB URL (``sqlite:///x.db``, ``postgresql://user:pw@host/db``, ...); RDB storages run with
     Optuna's heartbeat (``heartbeat_interval``/``grace_period``) and
