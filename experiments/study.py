@@ -43,7 +43,7 @@ from optuna.trial import TrialState
 from experiments.errors import UserError, mask_url, redact
 from experiments.progress import progress_bar
 from experiments.study_config import StudyConfig
-from experiments.study_plan import StudyPlan, first_difference, make_plan
+from experiments.study_plan import StudyPlan, differences, make_plan
 from experiments.study_results import results_table, write_results
 from experiments.study_storage import BudgetLock, budget_lock, counted_trials, open_storage, quiet_optuna
 from experiments.study_worker import Worker, print_line
@@ -139,17 +139,19 @@ def _method_attrs(plan: StudyPlan, method: str) -> dict[str, Any]:
 
 
 def _check_protocol(name: str, label: str, stored: dict[str, Any], current: dict[str, Any]) -> None:
-    """One line naming the first protocol field that changed, with its stored and current value."""
-    difference = first_difference(stored, current)
-    if difference is None:
+    """One line naming the protocol field that changed, with its stored and current value (and the
+    paths of any other changed fields)."""
+    changed = differences(stored, current)
+    if not changed:
         return
-    field_name, old, new = difference
+    (field_name, old, new), others = changed[0], [d[0] for d in changed[1:]]
+    also = f" (also changed: {', '.join(others[:4])}{', ...' if len(others) > 4 else ''})" if others else ""
     if field_name.split(".")[0] not in stored:
         raise UserError(f"study {name!r} in storage {label} was created by an earlier balancebench that did not "
                         f"record {field_name} with the protocol; `balancebench results` reads it, but it cannot be "
                         "continued safely: start another study with another --out/--storage or name")
     raise UserError(f"study {name!r} in storage {label} was created with a different protocol: {field_name} was "
-                    f"{old!r}, now {new!r}; a study's protocol cannot change (run it with {field_name} = {old!r}, "
+                    f"{old!r}, now {new!r}{also}; a study's protocol cannot change (run it with the stored value, "
                     "or start another study with another --out/--storage or name)")
 
 

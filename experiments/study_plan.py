@@ -127,14 +127,22 @@ def protocol_hash(protocol: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(protocol, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def first_difference(stored: Any, current: Any, path: str = "") -> tuple[str, Any, Any] | None:
-    """(dotted path, stored value, current value) of the first difference of two JSON-like values."""
-    if isinstance(stored, dict) and isinstance(current, dict):
-        for key in sorted(set(stored) | set(current), key=str):
-            if stored.get(key) != current.get(key):
-                return first_difference(stored.get(key), current.get(key), f"{path}.{key}" if path else str(key))
-        return None
-    return None if stored == current else (path, stored, current)
+#: protocol fields named first when several changed (what users change on the command line first)
+_FIELD_ORDER = ["n_trials", "methods", "scale", "variant", "benchmark", "epochs", "rerun_seeds", "sampler", "pruner",
+                "ema", "shared_space", "method_space", "fixed_hparams", "first_trial", "dropped_parameters"]
+
+
+def differences(stored: Any, current: Any, path: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted path, stored value, current value) of every leaf where two JSON-like values differ,
+    the fields users set most often first."""
+    if not (isinstance(stored, dict) and isinstance(current, dict)):
+        return [] if stored == current else [(path, stored, current)]
+    found = []
+    for key in sorted(set(stored) | set(current), key=str):
+        if stored.get(key) != current.get(key):
+            found += differences(stored.get(key), current.get(key), f"{path}.{key}" if path else str(key))
+    rank = {name: i for i, name in enumerate(_FIELD_ORDER)}
+    return sorted(found, key=lambda d: rank.get(d[0].split(".")[0], len(rank))) if not path else found
 
 
 def group_name(cfg: StudyConfig, bench_name: str, variant: str) -> str:

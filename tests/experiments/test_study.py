@@ -136,7 +136,7 @@ def test_fairness_invariants_identical_for_every_method(finished, tmp_path):
     ({"sampler": {"seed": 1}}, "sampler.seed", 0, 1),
     ({"pruner": {"n_startup_trials": 1}}, "pruner.n_startup_trials", 2, 1),
     ({"overrides": {"train": {"epochs": 3}}}, "epochs", 2, 3),
-    ({"shared_space": {"weight_decay": [0.0, 1e-3]}}, "method_space.weight_decay.choices", [0.0, 1e-4], [0.0, 1e-3]),
+    ({"shared_space": {"weight_decay": [0.0, 1e-3]}}, "shared_space.weight_decay.choices", [0.0, 1e-4], [0.0, 1e-3]),
     ({"method_spaces": {"famo": {"gamma": [1e-3, 1e-2]}}}, "method_space.gamma.choices",
      [1e-4, 1e-3, 1e-2], [1e-3, 1e-2]),
     ({"ema": 0.5}, "ema", 0.9, 0.5),
@@ -152,6 +152,8 @@ def test_reopening_with_a_protocol_field_changed_is_refused_naming_it(finished, 
     assert f"different protocol: {field} was {old!r}, now {new!r}" in message, message
     assert "\n" not in message
     assert journal.read_bytes() == before  # refused before anything was written
+    if field == "epochs":
+        assert "(also changed: run_config.train.epochs)" in message
 
 
 def test_another_n_trials_on_the_command_line_is_one_line(finished, capsys):
