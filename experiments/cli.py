@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from experiments.config import CONFIG_DIR, SCALES  # noqa: F401  (CONFIG_DIR re-exported)
-from experiments.errors import UserError, os_error_line
+from experiments.errors import UserError, os_error_line, protect_output, redact
 
 #: what Ctrl-C leaves behind, for the commands whose work is saved as it goes and continued by
 #: running them again (``train`` names its own ``--resume`` command line instead)
@@ -31,7 +31,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse whose usage errors are one line (exit 2), like every other user error."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"balancebench: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"balancebench: error: {redact(message)} (see {self.prog} --help)\n")
 
 
 def _command(path: str) -> Callable[[argparse.Namespace], Any]:
@@ -129,6 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The ``balancebench`` entry point. The one place where errors meet the user: a UserError or
     an OS error (a path that cannot be created, written or read) is one line and exit code 2;
     ``--debug`` re-raises it with its traceback. Anything else is a bug and keeps its traceback."""
+    protect_output(sys.argv[1:] if argv is None else argv)  # no password in any output or traceback
     _load_extra_parsers()
     parser = build_parser()
     try:
@@ -147,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         line = os_error_line(exc) if isinstance(exc, OSError) else str(exc)
-        print(f"balancebench: error: {' '.join(line.splitlines())}", file=sys.stderr)
+        print(f"balancebench: error: {redact(' '.join(line.splitlines()))}", file=sys.stderr)
         return 2
     return int(result or 0)
 

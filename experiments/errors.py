@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import errno
 from pathlib import Path
+import re
+import sys
+import traceback
+from collections.abc import Iterable
+from types import TracebackType
+from urllib.parse import unquote, unquote_plus
 
 
 class UserError(Exception):
@@ -66,12 +72,95 @@ def os_error_line(exc: OSError) -> str:
     return f"cannot {operation} {path}{second}: {reason}"
 
 
+#: a query-string key holding a secret contains one of these (password, sslpassword, token, ...)
+_SECRET_KEYS = ("pass", "pwd", "secret", "token", "key", "auth", "credential")
+#: ``key=value`` outside URLs (libpq keyword strings, messages): keys that name a secret
+_SECRET_PAIR = re.compile(r"\b(\w*(?:password|passwd|passphrase|pwd|secret|token)\w*)(\s*=\s*)([^\s&;'\",)]+)",
+                          re.IGNORECASE)
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>]+")
+#: secrets of the storage URLs this process was given (see :func:`note_secrets`)
+_KNOWN: set[str] = set()
+
+
+def _secret_key(key: str) -> bool:
+    key = unquote(key).lower()
+    return any(word in key for word in _SECRET_KEYS)
+
+
 def mask_url(url: str) -> str:
-    """``scheme://user:secret@host/db`` -> ``scheme://user:***@host/db`` (anything else unchanged)."""
-    if "://" not in url or "@" not in url:
+    """``scheme://user:secret@host/db?password=x&sslmode=y`` -> ``scheme://user:***@host/db?password=***&sslmode=y``.
+
+    The password of the user-info part and the value of every query key that names a secret
+    (``password``, ``sslpassword``, ``token``, ...) are masked; anything else is unchanged.
+
+    >>> mask_url("postgresql://bench:pw@db:5432/studies?sslpassword=x&sslmode=require")
+    'postgresql://bench:***@db:5432/studies?sslpassword=***&sslmode=require'
+    """
+    if "://" not in url:
         return url
     scheme, rest = url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    if ":" in creds:
-        creds = creds.split(":", 1)[0] + ":***"
-    return f"{scheme}://{creds}@{host}"
+    creds = ""
+    if "@" in rest:  # the last '@': a password may hold a raw '@' (masking too much is safe)
+        creds, rest = rest.rsplit("@", 1)
+        if ":" in creds:
+            creds = creds.split(":", 1)[0] + ":***"
+        creds += "@"
+    if "?" in rest:
+        base, query = rest.split("?", 1)
+        pairs = re.split(r"([&;])", query)
+        for i in range(0, len(pairs), 2):
+            key, eq, _ = pairs[i].partition("=")
+            if eq and _secret_key(key):
+                pairs[i] = f"{key}=***"
+        rest = f"{base}?{''.join(pairs)}"
+    return f"{scheme}://{creds}{rest}"
+
+
+def secrets_in(url: str) -> list[str]:
+    """The secret strings of a URL (password, secret query values), as written and URL-decoded."""
+    if "://" not in url:
+        return []
+    found: list[str] = []
+    rest = url.split("://", 1)[1]
+    if "@" in rest:
+        creds, rest = rest.rsplit("@", 1)
+        if ":" in creds:
+            found.append(creds.split(":", 1)[1])
+    if "?" in rest:
+        for pair in re.split(r"[&;]", rest.split("?", 1)[1]):
+            key, eq, value = pair.partition("=")
+            if eq and _secret_key(key):
+                found.append(value)
+    return [s for value in found for s in {value, unquote(value), unquote_plus(value)} if len(s) >= 3]
+
+
+def redact(text: str, secrets: Iterable[str] | None = None) -> str:
+    """``text`` with URLs masked (:func:`mask_url`), ``password=...``-like pairs masked and every
+    known secret replaced by ``***`` (default: those noted with :func:`note_secrets`).
+
+    For lines that can quote a storage URL in any form: error messages of SQLAlchemy / psycopg,
+    tracebacks, worker errors.
+    """
+    text = _URL.sub(lambda m: mask_url(m.group(0)), text)
+    text = _SECRET_PAIR.sub(lambda m: f"{m.group(1)}{m.group(2)}***", text)
+    for secret in sorted(_KNOWN if secrets is None else set(secrets), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def note_secrets(*urls: str) -> None:
+    """Remember the secrets of these URLs, so that :func:`redact` masks them in any output."""
+    for url in urls:
+        if isinstance(url, str):
+            _KNOWN.update(secrets_in(url))
+
+
+def _redacting_excepthook(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    sys.stderr.write(redact("".join(traceback.format_exception(kind, exc, tb))))
+
+
+def protect_output(argv: Iterable[str]) -> None:
+    """Note the secrets of URLs on the command line and mask every uncaught traceback (``--debug``,
+    internal errors): call once at the start of the command line."""
+    note_secrets(*argv)
+    sys.excepthook = _redacting_excepthook

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import tempfile
@@ -20,6 +21,29 @@ SUMMARY = "summary.json"
 BEST = "best.pt"
 LAST = "last.pt"
 COSINE = "cosine.csv"
+
+
+def create_run_dir(parent: Path, name: str, unique: bool = True) -> Path:
+    """Create ``parent/name`` and return it; it belongs to this run alone.
+
+    ``os.mkdir`` is atomic and fails when the directory exists, so two runs started at the same
+    second with the same name never share a directory: with ``unique`` the later one gets
+    ``name-2``, ``name-3``, ...; without it (a name the user chose) an existing directory is a
+    one-line error.
+    """
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    for n in itertools.count(1):
+        path = parent / (name if n == 1 else f"{name}-{n}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            if unique:
+                continue
+            raise UserError(f"run directory {path} already exists (choose another name, "
+                            f"or continue it with --resume {path})") from None
+        return path
+    raise AssertionError("unreachable")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

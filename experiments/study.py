@@ -4,8 +4,9 @@ The fairness protocol, enforced here and in :mod:`experiments.study_worker`:
 
 * one Optuna study per method, ``<group>/<method>`` with ``<group> = <benchmark>-<variant>-<scale>``,
   all in ONE storage; every study records the same ``protocol`` user attribute (run config,
-  shared space, sampler class and seed, pruner, epochs, objective) and reopening a study with a
-  different protocol is an error;
+  shared space, sampler class and seed, pruner, epochs, objective, budget, methods, rerun seeds,
+  EMA) and its own space; reopening a study with any of them changed is a one-line error naming
+  the field, its stored and its new value;
 * the same trial budget per method, counted across all workers and machines (complete + pruned +
   failed trials; see :mod:`experiments.study_storage` for the exact lock-based count);
 * each method's published default configuration is enqueued as its trial 0;
@@ -39,10 +40,10 @@ import pandas as pd
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
-from experiments.errors import UserError, mask_url
+from experiments.errors import UserError, mask_url, redact
 from experiments.progress import progress_bar
 from experiments.study_config import StudyConfig
-from experiments.study_plan import StudyPlan, first_difference, make_plan
+from experiments.study_plan import StudyPlan, differences, make_plan
 from experiments.study_results import results_table, write_results
 from experiments.study_storage import BudgetLock, budget_lock, counted_trials, open_storage, quiet_optuna
 from experiments.study_worker import Worker, print_line
@@ -76,7 +77,7 @@ def run_study(cfg: StudyConfig, *, progress: bool = True, verbose: bool | None =
     started = time.perf_counter()
     verbose = progress if verbose is None else verbose
     plan = make_plan(cfg)
-    storage = open_storage(plan.storage_url)
+    storage = open_storage(plan.storage_url, writer=True)
     lock = budget_lock(plan.storage_url, storage)
     with quiet_optuna():
         setup_studies(plan, storage, lock)
@@ -99,36 +100,59 @@ def run_study(cfg: StudyConfig, *, progress: bool = True, verbose: bool | None =
 # ---------------------------------------------------------------------------------- setup
 def setup_studies(plan: StudyPlan, storage: BaseStorage, lock: BudgetLock) -> None:
     """Create (or check) one study per searched method with the shared protocol; enqueue the
-    published default as trial 0 of a new study."""
+    published default as trial 0 of a new study. Reopening a study with any protocol field changed
+    (budget, spaces, sampler, pruner, epochs, scale, methods, rerun seeds, run config) is refused,
+    before anything is written."""
     protocol = json.loads(json.dumps(plan.protocol))
     label = mask_url(plan.storage_url)
     with lock:
+        existing = {s.study_name: s for s in storage.get_all_studies()}
+        for method in plan.searched:  # check every existing study first: a refusal writes nothing
+            name = plan.study_name(method)
+            if name not in existing:
+                continue
+            attrs = existing[name].user_attrs
+            if attrs.get("kind") == "search":
+                own = _method_attrs(plan, method)
+                _check_protocol(name, label, {**attrs.get("protocol", {}), **{k: attrs.get(k) for k in own}},
+                                {**protocol, **own})
+            elif storage.get_all_trials(existing[name]._study_id, deepcopy=False):
+                raise UserError(f"study {name!r} in storage {label} was not created by balancebench")
         for method in plan.searched:
             name = plan.study_name(method)
             study = optuna.create_study(study_name=name, storage=storage, direction="minimize", load_if_exists=True)
-            own = json.loads(json.dumps({
-                "method_space": {k: v.as_dict() for k, v in plan.spaces[method].items()},
-                "fixed_hparams": plan.fixed_hparams[method], "first_trial": plan.first_trial[method]}))
-            attrs = study.user_attrs
-            if attrs.get("kind") is None and study.get_trials(deepcopy=False):
-                raise UserError(f"study {name!r} in storage {label} was not created by balancebench")
-            if attrs.get("kind") == "search":
-                for key, want in (("protocol", protocol), ("method", own)):
-                    stored = attrs.get(key) if key == "protocol" else {k: attrs.get(k) for k in own}
-                    if stored != want:
-                        raise UserError(
-                            f"study {name!r} in storage {label} was created with a different protocol "
-                            f"({first_difference(stored, want)}); use another --storage/--out or a study name")
-            else:
+            if study.user_attrs.get("kind") != "search":
                 values = {"kind": "search", "group": plan.group, "method": method, "protocol": protocol,
                           "protocol_hash": plan.protocol_hash, "metric_specs": plan.metric_specs,
-                          "tasks": plan.tasks, **own}
+                          "tasks": plan.tasks, "n_trials": plan.cfg.n_trials, **_method_attrs(plan, method)}
                 for key, value in values.items():
                     study.set_user_attr(key, value)
-            if attrs.get("n_trials") != plan.cfg.n_trials:
-                study.set_user_attr("n_trials", plan.cfg.n_trials)
             if not study.get_trials(deepcopy=False):
                 study.enqueue_trial(plan.first_trial[method], user_attrs={"published_default": True})
+
+
+def _method_attrs(plan: StudyPlan, method: str) -> dict[str, Any]:
+    """The part of the protocol that is the method's own (as stored: plain JSON)."""
+    return json.loads(json.dumps({
+        "method_space": {k: v.as_dict() for k, v in plan.spaces[method].items()},
+        "fixed_hparams": plan.fixed_hparams[method], "first_trial": plan.first_trial[method]}))
+
+
+def _check_protocol(name: str, label: str, stored: dict[str, Any], current: dict[str, Any]) -> None:
+    """One line naming the protocol field that changed, with its stored and current value (and the
+    paths of any other changed fields)."""
+    changed = differences(stored, current)
+    if not changed:
+        return
+    (field_name, old, new), others = changed[0], [d[0] for d in changed[1:]]
+    also = f" (also changed: {', '.join(others[:4])}{', ...' if len(others) > 4 else ''})" if others else ""
+    if field_name.split(".")[0] not in stored:
+        raise UserError(f"study {name!r} in storage {label} was created by an earlier balancebench that did not "
+                        f"record {field_name} with the protocol; `balancebench results` reads it, but it cannot be "
+                        "continued safely: start another study with another --out/--storage or name")
+    raise UserError(f"study {name!r} in storage {label} was created with a different protocol: {field_name} was "
+                    f"{old!r}, now {new!r}{also}; a study's protocol cannot change (run it with the stored value, "
+                    "or start another study with another --out/--storage or name)")
 
 
 # ---------------------------------------------------------------------------------- workers
@@ -143,15 +167,15 @@ def _worker_main(plan: StudyPlan, index: int, threads: int, verbose: bool, error
     signal.signal(signal.SIGTERM, _raise_interrupt)  # a terminated worker marks its trial interrupted
     try:
         with quiet_optuna():
-            storage = open_storage(plan.storage_url)
+            storage = open_storage(plan.storage_url, writer=True)
             Worker(plan, index, storage, budget_lock(plan.storage_url, storage), print_line if verbose else None).run()
     except KeyboardInterrupt:
         sys.exit(130)
     except UserError as exc:
-        errors.put(("user", str(exc)))
+        errors.put(("user", redact(str(exc))))
         sys.exit(2)
-    except BaseException:  # internal errors keep their traceback
-        errors.put(("internal", traceback.format_exc()))
+    except BaseException:  # internal errors keep their traceback (passwords masked)
+        errors.put(("internal", redact(traceback.format_exc())))
         sys.exit(1)
 
 

@@ -127,14 +127,22 @@ def protocol_hash(protocol: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(protocol, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def first_difference(stored: Any, current: Any, path: str = "") -> str:
-    """A readable dotted path of the first difference of two JSON-like values."""
-    if isinstance(stored, dict) and isinstance(current, dict):
-        for key in sorted(set(stored) | set(current), key=str):
-            if stored.get(key) != current.get(key):
-                return first_difference(stored.get(key), current.get(key), f"{path}.{key}" if path else str(key))
-        return path
-    return f"{path} (stored {stored!r}, now {current!r})"
+#: protocol fields named first when several changed (what users change on the command line first)
+_FIELD_ORDER = ["n_trials", "methods", "scale", "variant", "benchmark", "epochs", "rerun_seeds", "sampler", "pruner",
+                "ema", "shared_space", "method_space", "fixed_hparams", "first_trial", "dropped_parameters"]
+
+
+def differences(stored: Any, current: Any, path: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted path, stored value, current value) of every leaf where two JSON-like values differ,
+    the fields users set most often first."""
+    if not (isinstance(stored, dict) and isinstance(current, dict)):
+        return [] if stored == current else [(path, stored, current)]
+    found = []
+    for key in sorted(set(stored) | set(current), key=str):
+        if stored.get(key) != current.get(key):
+            found += differences(stored.get(key), current.get(key), f"{path}.{key}" if path else str(key))
+    rank = {name: i for i, name in enumerate(_FIELD_ORDER)}
+    return sorted(found, key=lambda d: rank.get(d[0].split(".")[0], len(rank))) if not path else found
 
 
 def group_name(cfg: StudyConfig, bench_name: str, variant: str) -> str:
@@ -217,6 +225,9 @@ def make_plan(cfg: StudyConfig) -> StudyPlan:
         "dropped_parameters": dropped,
         "sampler": asdict(cfg.sampler), "pruner": asdict(cfg.pruner), "epochs": base.train.epochs,
         "objective": f"validation Δm% (lower is better; reference: {base.reference})", "direction": "minimize",
+        # the budget and what the table compares: fixed for the life of the study
+        "n_trials": cfg.n_trials, "methods": sorted(set(cfg.methods)), "rerun_seeds": sorted(cfg.rerun_seeds),
+        "ema": cfg.ema,
     }
     out_dir = Path(cfg.out) / group
     storage = cfg.storage or default_storage_url(cfg.out, group)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,11 @@ class MethodData:
     best: FrozenTrial | None
     reruns: list[FrozenTrial]
     rerun_attrs: dict[str, Any]
+    #: every counted trial in the storage (the budget table counts these; beyond the budget only
+    #: with a study older than the protocol check or a storage without an exact budget lock)
+    counted: list[FrozenTrial] = field(default_factory=list)
+    #: trials created past the budget by a concurrent worker (storages without an exact lock)
+    over_budget: int = 0
 
 
 def _trials(storage: BaseStorage, study: Any) -> list[FrozenTrial]:
@@ -74,10 +79,13 @@ def collect(storage: BaseStorage, group: str | None, label: str) -> tuple[str, l
         rerun = reruns.get(f"{group}/{method}/rerun-t{best.number}") if best else None
         if best is not None:
             best_of[method] = best.number
-        counted = {t.number for t in counted_trials(trials)}
-        requeued = sum(t.state == TrialState.FAIL and t.number not in counted for t in trials)
-        out.append(MethodData(method, budget, within, requeued, best,
-                              _trials(storage, rerun) if rerun else [], dict(rerun.user_attrs) if rerun else {}))
+        counted = counted_trials(trials)
+        numbers = {t.number for t in counted}
+        failed_out = [t for t in trials if t.state == TrialState.FAIL and t.number not in numbers]
+        over = sum(t.user_attrs.get("failure_kind") == "over_budget" for t in failed_out)
+        out.append(MethodData(method, budget, within, len(failed_out) - over, best,
+                              _trials(storage, rerun) if rerun else [], dict(rerun.user_attrs) if rerun else {},
+                              counted, over))
     searched = {m.method for m in out}
     for study in reruns.values():
         attrs = study.user_attrs
@@ -125,15 +133,23 @@ def _row(m: MethodData, specs: list[dict[str, Any]]) -> dict[str, Any]:
                         f"extracted (EMA {m.rerun_attrs.get('ema')}) from {source}'s reruns of trial {k}; "
                         f"{source}'s trial-{k} hyperparameters")
     else:
-        states = [t.state for t in m.search]
+        counted = m.counted or m.search  # what the storage holds, not only what selection may use
+        states = [t.state for t in counted]
+        beyond = [f"t{t.number}" for t in counted[m.budget:]]
+        notes = [_failures(counted) or ("no completed trial" if m.best is None else "")]
+        if beyond:
+            notes.append(f"{len(beyond)} trial(s) beyond the budget of {m.budget} ({', '.join(beyond)}) are in "
+                         "the storage but not used to select the best configuration")
+        if m.over_budget:
+            notes.append(f"{m.over_budget} trial(s) created past the budget by concurrent workers, stopped, not counted")
         row.update(budget=m.budget, complete=states.count(TrialState.COMPLETE), pruned=states.count(TrialState.PRUNED),
                    failed=states.count(TrialState.FAIL), requeued=m.requeued,
-                   search_epochs=sum(_epochs(t) for t in m.search),
-                   search_wall_s=round(sum(_seconds(t) for t in m.search), 1),
+                   search_epochs=sum(_epochs(t) for t in counted),
+                   search_wall_s=round(sum(_seconds(t) for t in counted), 1),
                    best_trial=m.best.number if m.best else None,
                    best_params=json.dumps(m.best.params, sort_keys=True) if m.best else "",
                    best_val_delta_m=m.best.value if m.best else math.nan,
-                   note=_failures(m.search) or ("no completed trial" if m.best is None else ""))
+                   note="; ".join(n for n in notes if n))
     row["seeds"] = f"{len(done)}/{len(m.rerun_attrs.get('seeds', []))}" if m.rerun_attrs else "0/0"
     row["test_delta_m_mean"], row["test_delta_m_se"] = _mean_se([t.user_attrs.get("test_delta_m") for t in done])
     for spec in specs:

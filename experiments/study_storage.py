@@ -3,7 +3,9 @@
 Storage
     The default is Optuna's ``JournalStorage`` over a ``JournalFileBackend`` file
     (``results/<study>/study.journal``): an append-only log guarded by a file lock, so several
-    worker processes on one machine never see "database is locked" and no server is needed.
+    worker processes on one machine never see "database is locked" and no server is needed. It is
+    read and appended through :mod:`experiments.study_journal` (every line checked, a torn last
+    line repaired before the next write).
     ``optuna-dashboard results/<study>/study.journal`` opens it. Any URL with ``://`` is an Optuna
     RDB URL (``sqlite:///x.db``, ``postgresql://user:pw@host/db``, ...); RDB storages run with
     Optuna's heartbeat (``heartbeat_interval``/``grace_period``) and
@@ -37,11 +39,11 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.storages import BaseStorage, JournalStorage, RDBStorage
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from experiments.errors import UserError, mask_url
+from experiments.errors import UserError, mask_url, note_secrets, redact, secrets_in
+from experiments.study_journal import open_journal
 
 HEARTBEAT_INTERVAL = 30
 GRACE_PERIOD = 120
@@ -55,27 +57,24 @@ def is_rdb_url(url: str) -> bool:
     return "://" in url
 
 
-def _one_line(exc: BaseException, url: str) -> str:
+def _one_line(exc: BaseException, *urls: str) -> str:
+    """The first line of a driver's error message, with every secret of ``urls`` masked."""
     text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    if "://" in url and "@" in url:
-        creds = url.split("://", 1)[1].rsplit("@", 1)[0]
-        if ":" in creds:
-            secret = creds.split(":", 1)[1]
-            if secret:
-                text = text.replace(secret, "***")
-    return text
+    return redact(text, [s for url in urls for s in secrets_in(url)])
 
 
-def open_storage(url: str) -> BaseStorage:
+def open_storage(url: str, *, writer: bool = False) -> BaseStorage:
     """An Optuna storage for ``url`` (journal file path or RDB URL); errors are one-line UserErrors
-    with any password masked."""
+    with any password masked. A journal is checked line by line (:mod:`experiments.study_journal`);
+    a ``writer`` (``study``) repairs its torn last line first."""
+    note_secrets(url)  # any later error line or traceback of this process masks them too
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if not is_rdb_url(url):
             path = Path(url)
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                return JournalStorage(JournalFileBackend(str(path)))
+                return open_journal(path, writer=writer)
             except OSError as exc:
                 raise UserError(f"cannot open journal storage {path}: {exc.strerror or exc}") from None
         shown, url = mask_url(url), _with_driver(url)

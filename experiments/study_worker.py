@@ -213,8 +213,11 @@ class Worker:
         name = plan.rerun_study_name(method, source_trial)
         seeds = list(plan.cfg.rerun_seeds)
         with self.lock:
-            study = optuna.create_study(study_name=name, storage=self.storage, direction="minimize",
-                                        load_if_exists=True)
+            try:  # a journal records every create_study call: a waiting worker polls here each second
+                study = optuna.load_study(study_name=name, storage=self.storage)
+            except KeyError:
+                study = optuna.create_study(study_name=name, storage=self.storage, direction="minimize",
+                                            load_if_exists=True)
             if study.user_attrs.get("kind") != "rerun":
                 attrs = {"kind": "rerun", "group": plan.group, "method": method, "source_trial": source_trial,
                          "params": params, "protocol_hash": plan.protocol_hash, **extra}

@@ -353,10 +353,11 @@ def _status_of(exc: BaseException) -> str:
 
 
 def default_run_dir(cfg: RunConfig) -> Path:
+    """A new empty run directory, created here so that concurrent runs never share one."""
     parts = [cfg.benchmark.name] + ([cfg.benchmark.variant] if cfg.benchmark.variant else [])
     stamp = time.strftime("%Y%m%d-%H%M%S")
     name = cfg.name or f"{'-'.join(parts)}_{cfg.balancer.name}_seed{cfg.seed}_{stamp}"
-    return Path(cfg.out) / name
+    return rundir.create_run_dir(Path(cfg.out), name, unique=not cfg.name)
 
 
 def train(cfg: RunConfig, run_dir: Path | None = None, *, resume: bool = False,

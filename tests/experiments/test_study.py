@@ -25,6 +25,10 @@ GROUP = "synthetic-default-tiny"
 
 
 def study_cfg(tmp_path: Path, **over: Any) -> StudyConfig:
+    return study_config_from_dict(study_dict(tmp_path, **over))
+
+
+def study_dict(tmp_path: Path, **over: Any) -> dict[str, Any]:
     base = {
         "benchmark_config": str(CONFIG_DIR / "synthetic.yaml"), "scale": "tiny",
         "overrides": {"train": {"epochs": 2, "max_steps_per_epoch": 3, "log_every": 1, "num_threads": 1}},
@@ -36,7 +40,7 @@ def study_cfg(tmp_path: Path, **over: Any) -> StudyConfig:
         "n_trials": 3, "rerun_seeds": [0, 1], "out": str(tmp_path / "results"),
         "pruner": {"name": "median", "n_startup_trials": 2, "n_warmup_steps": 1},
     }
-    return study_config_from_dict(deep_merge(base, over))
+    return deep_merge(base, over)
 
 
 def load(cfg: StudyConfig, name: str) -> optuna.Study:
@@ -125,6 +129,69 @@ def test_fairness_invariants_identical_for_every_method(finished, tmp_path):
         run_study(changed, progress=False)
 
 
+@pytest.mark.parametrize("change, field, old, new", [
+    ({"n_trials": 2}, "n_trials", 3, 2),
+    ({"methods": ["uniform", "famo"]}, "methods", ["famo", "fixed_from_famo", "uniform"], ["famo", "uniform"]),
+    ({"rerun_seeds": [0, 1, 2]}, "rerun_seeds", [0, 1], [0, 1, 2]),
+    ({"sampler": {"seed": 1}}, "sampler.seed", 0, 1),
+    ({"pruner": {"n_startup_trials": 1}}, "pruner.n_startup_trials", 2, 1),
+    ({"overrides": {"train": {"epochs": 3}}}, "epochs", 2, 3),
+    ({"shared_space": {"weight_decay": [0.0, 1e-3]}}, "shared_space.weight_decay.choices", [0.0, 1e-4], [0.0, 1e-3]),
+    ({"method_spaces": {"famo": {"gamma": [1e-3, 1e-2]}}}, "method_space.gamma.choices",
+     [1e-4, 1e-3, 1e-2], [1e-3, 1e-2]),
+    ({"ema": 0.5}, "ema", 0.9, 0.5),
+    ({"overrides": {"benchmark": {"options": {"noise": 0.2}}}}, "run_config.benchmark.options.noise", 0.1, 0.2),
+], ids=lambda v: v if isinstance(v, str) else None)
+def test_reopening_with_a_protocol_field_changed_is_refused_naming_it(finished, change, field, old, new):
+    cfg, _ = finished
+    journal = Path(cfg.out) / GROUP / "study.journal"
+    before = journal.read_bytes()
+    with pytest.raises(UserError) as info:
+        run_study(study_cfg(Path(cfg.out).parent, **change), progress=False)
+    message = str(info.value)
+    assert f"different protocol: {field} was {old!r}, now {new!r}" in message, message
+    assert "\n" not in message
+    assert journal.read_bytes() == before  # refused before anything was written
+    if field == "epochs":
+        assert "(also changed: run_config.train.epochs)" in message
+
+
+def test_another_n_trials_on_the_command_line_is_one_line(finished, capsys):
+    cfg, _ = finished
+    config = Path(cfg.out).parent / "again.yaml"
+    config.write_text(yaml.safe_dump(study_dict(Path(cfg.out).parent)))
+    assert main(["study", "--config", str(config), "--n-trials", "2", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "n_trials was 3, now 2" in err
+
+
+def test_a_study_without_the_newer_protocol_fields_is_not_continued(finished, tmp_path):
+    cfg, _ = finished
+    copy = tmp_path / "study.journal"
+    copy.write_bytes((Path(cfg.out) / GROUP / "study.journal").read_bytes())
+    study = optuna.load_study(study_name=f"{GROUP}/uniform", storage=open_storage(str(copy)))
+    study.set_user_attr("protocol", {k: v for k, v in study.user_attrs["protocol"].items() if k != "n_trials"})
+    with pytest.raises(UserError, match="earlier balancebench that did not record n_trials"):
+        run_study(study_cfg(Path(cfg.out).parent, storage=str(copy)), progress=False)
+
+
+def test_budget_table_counts_every_trial_in_the_storage(finished, tmp_path):
+    """A storage whose recorded budget drifted (as reopening with another --n-trials did before it
+    was refused): the table counts the 3 trials that exist and says which are beyond the budget."""
+    cfg, _ = finished
+    copy = tmp_path / "study.journal"
+    copy.write_bytes((Path(cfg.out) / GROUP / "study.journal").read_bytes())
+    storage = open_storage(str(copy))
+    study = optuna.load_study(study_name=f"{GROUP}/uniform", storage=storage)
+    study.set_user_attr("n_trials", 2)
+    row = results_table(str(copy)).set_index("method").loc["uniform"]
+    complete = sum(t.state == TrialState.COMPLETE for t in study.trials)
+    assert row["budget"] == 2 and row["complete"] + row["pruned"] + row["failed"] == 3
+    assert row["complete"] == complete
+    assert "1 trial(s) beyond the budget of 2 (t2)" in row["note"]
+    assert row["best_trial"] in (0, 1)  # selection still only within the budget
+
+
 def test_fixed_from_famo_trains_the_extracted_famo_weights(finished):
     cfg, _ = finished
     famo = load(cfg, f"{GROUP}/famo")
@@ -148,36 +215,31 @@ def test_fixed_from_famo_trains_the_extracted_famo_weights(finished):
 def test_interrupt_and_resume_keeps_finished_trials(tmp_path, monkeypatch):
     import experiments.trainer as trainer
 
-    cfg = study_cfg(tmp_path, methods=["uniform"], n_trials=2, rerun_seeds=[0])
-    run_study(cfg, progress=False)
-    before = snapshot(load(cfg, f"{GROUP}/uniform"))
-    assert len(before) == 2 and all(state.is_finished() for _, state, *_ in before)
-
+    cfg = study_cfg(tmp_path, methods=["uniform"], n_trials=4, rerun_seeds=[0])
     real_train, calls = trainer.train, []
 
     def interrupting_train(run_cfg, run_dir, *, resume=False, on_epoch=None):
         calls.append(run_dir)
-        if len(calls) < 2:
+        if len(calls) < 4:
             return real_train(run_cfg, run_dir, resume=resume, on_epoch=on_epoch)
 
         def stop(epoch: int, value: float) -> None:
             on_epoch(epoch, value)
-            raise KeyboardInterrupt  # Ctrl-C after the first epoch of the second new trial
+            raise KeyboardInterrupt  # Ctrl-C after the first epoch of the fourth trial
 
         return real_train(run_cfg, run_dir, resume=resume, on_epoch=stop)
 
     monkeypatch.setattr(trainer, "train", interrupting_train)
     with pytest.raises(KeyboardInterrupt):
-        run_study(study_cfg(tmp_path, methods=["uniform"], n_trials=4, rerun_seeds=[0]), progress=False)
+        run_study(cfg, progress=False)
     middle = load(cfg, f"{GROUP}/uniform").trials
-    assert snapshot(load(cfg, f"{GROUP}/uniform"))[:2] == before
-    assert [t.state for t in middle[2:]] == [middle[2].state, TrialState.FAIL]
-    assert middle[2].state.is_finished() and middle[3].user_attrs["failure_kind"] == "interrupted"
+    assert [t.state.is_finished() for t in middle] == [True] * 4
+    assert middle[3].state == TrialState.FAIL and middle[3].user_attrs["failure_kind"] == "interrupted"
     summary = json.loads((Path(middle[3].user_attrs["run_dir"]) / "summary.json").read_text())
     assert summary["status"] == "interrupted"
 
     monkeypatch.setattr(trainer, "train", real_train)
-    run_study(study_cfg(tmp_path, methods=["uniform"], n_trials=4, rerun_seeds=[0]), progress=False)
+    run_study(cfg, progress=False)  # the same call again
     after = load(cfg, f"{GROUP}/uniform").trials
     assert snapshot(load(cfg, f"{GROUP}/uniform"))[:3] == snapshot_of(middle[:3])  # nothing lost or redone
     assert len(after) == 5 and after[3].state == TrialState.FAIL
