@@ -367,12 +367,13 @@ def train(cfg: RunConfig, run_dir: Path | None = None, *, resume: bool = False,
     ``resume``: continue ``run_dir`` from its last checkpoint; a config that differs from the one it
     was trained with is refused, and a finished run is returned untouched. Ctrl-C raises
     :class:`RunInterrupted` carrying the run directory (None when nothing was saved yet)."""
+    fresh = run_dir is None  # default_run_dir creates the (empty) directory for this run alone
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
     if resume and (finished := check_resume(cfg, run_dir)) is not None:
         return RunResult(run_dir, finished, already_finished=True)
     if run_dir.exists() and not resume and any(run_dir.iterdir()):
         raise UserError(f"run directory {run_dir} already exists and is not empty (use --resume to continue it)")
-    created = not run_dir.exists()
+    created = fresh or not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         summary = Trainer(cfg, run_dir, on_epoch=on_epoch).run(resume=resume)
