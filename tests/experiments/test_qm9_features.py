@@ -155,8 +155,11 @@ def test_perceived_bonds_match_the_gdb_smiles(bench: QM9Benchmark) -> None:
     _, smiles = qm9.data.read_smiles(qm9.qm9pack_data_dir(), 1_000)
     result = compare_with_smiles(bench.store, smiles)
     assert result["molecules"] == 1_000
-    assert result["connectivity"] >= 980 and result["kekule"] >= 970
-    assert result["kekule"] <= result["connectivity"]
+    assert result["connectivity"] >= 980 and result["kekule"] >= 970 and result["resonance"] >= 970
+    assert result["kekule"] <= result["connectivity"] and result["resonance"] <= result["connectivity"]
+    assert len(result["mismatched_gdb_index"]) == 1_000 - result["resonance"]
+    shifted = compare_with_smiles(bench.store, smiles[1:201])  # each molecule against its neighbour's SMILES
+    assert shifted["molecules"] == 200 and shifted["connectivity"] <= 20
     with pytest.raises(ValueError, match="Kekulé"):
         compare_with_smiles(qm9.QM9Store(qm9.build_store("rdkit", max_molecules=5, workers=1)), smiles[:5])
 

@@ -61,7 +61,10 @@ VARIANTS = {
 
 
 class QM9Benchmark(Benchmark):
-    """QM9, 11 regression tasks (see the module docstring). Options: ``subset``, ``eval_size``, ``split_seed``."""
+    """QM9, 11 regression tasks; reference = the papers' features and model, rich = RDKit features + MLP heads.
+
+    Options: ``subset``, ``eval_size``, ``split_seed`` (see the module docstring).
+    """
 
     name = "qm9"
     variants = tuple(VARIANTS)
