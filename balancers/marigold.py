@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -113,6 +114,9 @@ class Marigold(Balancer):
         self.register_buffer("v", torch.zeros(n_tasks))
         self._gen = torch.Generator(device="cpu")
         self._target: tuple[torch.nn.Module, torch.optim.Optimizer] | None = None  # not a submodule
+        #: set by a data-parallel trainer: averages the virtual step's gradients over the processes
+        #: (``autograd.grad`` bypasses DDP's gradient hooks); None: one process
+        self.reduce_grads: Callable[[tuple[Tensor | None, ...]], tuple[Tensor | None, ...]] | None = None
         self.reset()
 
     def hparams(self) -> dict[str, Any]:
@@ -211,8 +215,10 @@ class Marigold(Balancer):
         if not names:
             raise RuntimeError(f"{self}: the optimizer owns no trainable parameter of the model")
         weighted = (weights.to(losses.dtype) * losses).sum()
-        grads = dict(zip(names, torch.autograd.grad(weighted, [named[n] for n in names], retain_graph=True,
-                                                    allow_unused=True)))
+        raw = torch.autograd.grad(weighted, [named[n] for n in names], retain_graph=True, allow_unused=True)
+        if self.reduce_grads is not None:  # data parallel: the average DDP's hooks would have taken
+            raw = self.reduce_grads(raw)
+        grads = dict(zip(names, raw))
         with torch.no_grad():
             # one parameter at a time, largest first, dropping each gradient once used: the virtual
             # parameters and the gradients never coexist in full, and the update's temporaries of

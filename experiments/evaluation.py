@@ -18,15 +18,17 @@ REFERENCE_FILE = "stl_reference.json"
 
 @torch.no_grad()
 def evaluate(model: nn.Module, bench: Benchmark, loader: Iterable, device: torch.device,
-             autocast: bool = False) -> dict[str, float]:
-    """Metric means over a loader (model in eval mode for the pass, restored afterwards)."""
+             autocast: bool | torch.dtype | None = False) -> dict[str, float]:
+    """Metric means over a loader (model in eval mode for the pass, restored afterwards);
+    ``autocast``: a dtype, True (bfloat16), or False/None (off)."""
+    dtype = autocast if isinstance(autocast, torch.dtype) else torch.bfloat16
     was_training = model.training
     model.eval()
     sums = torch.zeros(len(bench.metrics), dtype=torch.float64, device=device)
     count = 0
     for batch in loader:
         batch = bench.to_device(batch, device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(device.type, dtype=dtype, enabled=bool(autocast)):
             outputs = model(bench.inputs(batch))
         sums += bench.metric_sums(outputs, batch).to(torch.float64)
         count += bench.batch_size(batch)

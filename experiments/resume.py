@@ -11,6 +11,7 @@ load). A finished run (``status: complete``) is never touched again.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,3 +78,18 @@ def check_resume(cfg: RunConfig, run_dir: Path) -> dict[str, Any] | None:
             raise ConfigError(f"cannot resume {run_dir}: its config differs from the one it was trained with "
                               f"({shown}); put it back, or start a new run")
     return finished_summary(run_dir)
+
+
+def prepare_run_dir(cfg: RunConfig, run_dir: Path | None, resume: bool, make_default: Callable[[RunConfig], Path]
+                    ) -> tuple[Path, bool, dict[str, Any] | None]:
+    """(run directory, whether this run created it, the summary of a finished run being resumed);
+    refuses a non-empty directory unless resuming. ``make_default`` creates a fresh directory."""
+    fresh = run_dir is None  # make_default creates the (empty) directory for this run alone
+    run_dir = Path(run_dir) if run_dir is not None else make_default(cfg)
+    if resume and (finished := check_resume(cfg, run_dir)) is not None:
+        return run_dir, False, finished
+    if run_dir.exists() and not resume and any(run_dir.iterdir()):
+        raise UserError(f"run directory {run_dir} already exists and is not empty (use --resume to continue it)")
+    created = fresh or not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir, created, None

@@ -20,15 +20,16 @@ from torch import Tensor
 from torch.func import functional_call
 
 from balancers import balancer_info
-from experiments import rundir
+from experiments import distributed, rundir
 from experiments.benchmarks import Benchmark
 from experiments.config import RunConfig
 from experiments.errors import ConfigError, NonFiniteLossError, RunInterrupted, UserError
 from experiments.evaluation import delta_m, evaluate, literature_reference, load_reference_file
 from experiments.gradients import CosineProbe
 from experiments.parts import build_balancer, build_benchmark, build_model
+from experiments.precision import Precision
 from experiments.progress import progress_bar
-from experiments.resume import check_resume, config_entry, load_run_dir_config  # noqa: F401 (re-exported)
+from experiments.resume import check_resume, config_entry, load_run_dir_config, prepare_run_dir  # noqa: F401
 from experiments.runlog import RunLog
 
 #: ``on_epoch(epoch, val_objective)``: called after each epoch; may raise to stop (pruning).
@@ -103,8 +104,8 @@ class LossClosureFactory:
     without autograd and its losses are never logged as training losses.
     """
 
-    def __init__(self, model: torch.nn.Module, bench: Benchmark, device: torch.device, autocast: bool) -> None:
-        self.model, self.bench, self.device, self.autocast = model, bench, device, autocast
+    def __init__(self, model: torch.nn.Module, bench: Benchmark, device: torch.device, precision: Precision) -> None:
+        self.model, self.bench, self.device, self.precision = model, bench, device, precision
         self.has_buffers = any(True for _ in model.buffers())
 
     def capture(self) -> tuple[Tensor, Any]:
@@ -118,7 +119,7 @@ class LossClosureFactory:
                 torch.set_rng_state(rng[0])
                 if rng[1] is not None:
                     torch.cuda.set_rng_state(rng[1], self.device)
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                with self.precision.autocast():
                     inputs = self.bench.inputs(batch)
                     if params is None and not self.has_buffers:
                         outputs = self.model(inputs)
@@ -138,20 +139,25 @@ class Trainer:
         self.cfg, self.run_dir, self.on_epoch = cfg, Path(run_dir), on_epoch
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
-        self.device = resolve_device(cfg.train.device)
-        self.autocast = bool(cfg.train.bf16 and self.device.type == "cuda")
+        self.replica = distributed.current()
+        self.device = self.replica.device(resolve_device(cfg.train.device))
+        self.precision = Precision.of(cfg.train, self.device)
         seed_everything(cfg.seed)
         self.bench = build_benchmark(cfg)
         self.model = build_model(cfg, self.bench).to(self.device)
         self.balancer = build_balancer(cfg, self.bench).to(self.device)
         self.balancer.check_values = False  # the trainer checks losses lazily (see _check_window)
         self.info = balancer_info(cfg.balancer.name)  # known: build_balancer checked it
+        self.replica.check_balancer(cfg.balancer.name, self.info.needs_task_grads)
+        self.replica.check_batch_size(cfg.train.batch_size)
+        self.forward_model = self.replica.wrap(self.model, self.device)  # DDP when N > 1
         self.optimizer = build_optimizer(cfg, list(self.model.parameters()), self.balancer)
         if self.info.needs_model:
             self.balancer.attach(self.model, self.optimizer)
         self.uses_closure = self.balancer.uses_closure
         self.scheduler = build_scheduler(cfg, self.optimizer)
-        self.closures = LossClosureFactory(self.model, self.bench, self.device, self.autocast)
+        self.closures = LossClosureFactory(self.model, self.bench, self.device, self.precision)
+        self.replica.offset_rng(cfg.seed, 0)
         self.log = RunLog(self.bench, self.device)
         #: task-gradient cosine probe (train.cosine_every); its rows are flushed with the run log
         self.cosine = CosineProbe(self.model, self.bench, self.device, cfg.train.cosine_every) if cfg.train.cosine_every else None
@@ -163,23 +169,29 @@ class Trainer:
         self.test_loader: Any = None
 
     # ------------------------------------------------------------------------------- steps
-    def train_step(self, batch: Any) -> None:
+    def train_step(self, batch: Any, n_global: int | None = None) -> None:
+        """One step on ``batch`` (this rank's shard of a global batch of ``n_global`` samples)."""
         # last step's gradients are freed before the forward rather than after the balancer call:
         # nothing reads them, and balancers that backprop themselves (MARIGOLD faithful, the O(K)
         # methods) then do not hold them alive (one parameter-sized set less at peak)
         self.optimizer.zero_grad(set_to_none=True)
         rng = self.closures.capture() if self.uses_closure else None
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            outputs = self.model(self.bench.inputs(batch))
-            losses = self.bench.losses(outputs, batch).float()
-        closure = self.closures.make(batch, rng) if rng is not None else None
+        with self.precision.autocast():
+            outputs = self.forward_model(self.bench.inputs(batch))
+            losses = self.bench.losses(outputs, batch).float()  # the balancers' arithmetic stays fp32
+        n_local = self.bench.batch_size(batch)
+        n_global = n_global or n_local
+        losses = self.replica.global_losses(losses, n_local, n_global)  # identical on every rank
+        closure = self.replica.closure(self.closures.make(batch, rng), n_local, n_global) if rng is not None else None
+        self.replica.prepare_balancer(self.balancer, n_local, n_global)  # MARIGOLD's virtual-step all-reduce
         loss = self.balancer(losses, closure=closure)
-        loss.backward()
+        self.precision.backward(loss)
+        self.precision.unscale(self.optimizer)  # the balancer and clipping see true gradients
         self.balancer.after_backward()  # the method's own gradient surgery (Nash-MTL's max_norm)
         if self.cfg.train.grad_clip is not None:  # after backward, where it clips something
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
-        self.optimizer.step()
-        self.balancer.step(closure)
+        if self.precision.step(self.optimizer):  # False: fp16's scaler skipped an overflowing step
+            self.balancer.step(closure)
         self.step_count += 1
         self.log.record_step(self.step_count, self.epoch, losses.detach(), loss.detach(), self.balancer.weights,
                              log=self.step_count % self.cfg.train.log_every == 0)
@@ -209,7 +221,7 @@ class Trainer:
         for i, batch in enumerate(train_loader):
             if cap is not None and i >= cap:
                 break
-            self.train_step(self.bench.to_device(batch, self.device))
+            self.train_step(self.bench.to_device(self.replica.shard(batch), self.device), self.bench.batch_size(batch))
             bar.update(1)
             if bar.enabled and self.step_count % max(self.cfg.train.log_every, 1) == 0:
                 bar.set_postfix_str(self.log.postfix())
@@ -219,15 +231,15 @@ class Trainer:
     # -------------------------------------------------------------------------- evaluation
     def evaluate_splits(self) -> dict[str, float]:
         row: dict[str, float] = {}
-        val = evaluate(self.model, self.bench, self.val_loader, self.device, self.autocast)
+        val = evaluate(self.model, self.bench, self.val_loader, self.device, self.precision.autocast_dtype)
         row.update({f"val_{k}": v for k, v in val.items()})
         if self.cfg.train.evaluate_test:
-            test = evaluate(self.model, self.bench, self.test_loader, self.device, self.autocast)
+            test = evaluate(self.model, self.bench, self.test_loader, self.device, self.precision.autocast_dtype)
             row.update({f"test_{k}": v for k, v in test.items()})
         if self.reference is None:
             self.reference, self.reference_kind = self._reference(val)
         row["val_objective"] = delta_m(val, self.objective_metrics, self.reference)
-        return row
+        return self.replica.agree(row)  # every rank evaluates the full sets; rank 0's numbers decide
 
     @property
     def objective_metrics(self) -> list:
@@ -264,6 +276,7 @@ class Trainer:
             self.cosine.set_batch(self.val_loader)  # the fixed probe batch: the first validation batch
         if resume and (self.run_dir / rundir.LAST).is_file():
             self._restore()
+            self.replica.offset_rng(self.cfg.seed, self.step_count)
         else:
             self.log.write_config(self.run_dir, self.cfg, self)
             self.log.add_epoch({"epoch": 0, **self.evaluate_splits()})
@@ -271,7 +284,7 @@ class Trainer:
                 self.cosine.measure(0, 0)
         steps_per_epoch = self._steps_per_epoch()
         bar = progress_bar(total=self.cfg.train.epochs * steps_per_epoch, initial=self.step_count,
-                           enabled=self.cfg.train.progress, desc=f"{self.bench.name}/{self.balancer}")
+                           enabled=self.cfg.train.progress and self.replica.is_main, desc=f"{self.bench.name}/{self.balancer}")
         start = time.perf_counter()
         try:
             while self.epoch < self.cfg.train.epochs:
@@ -326,6 +339,7 @@ class Trainer:
             "epoch": self.epoch, "step": self.step_count, "best": self.best, "best_epoch": self.best_epoch,
             "since_best": self.since_best, "reference": self.reference, "reference_kind": self.reference_kind,
             "torch_rng": torch.get_rng_state(), "config": config_entry(self.cfg),
+            "grad_scaler": self.precision.state_dict(),
         }
 
     def _restore(self) -> None:
@@ -339,6 +353,7 @@ class Trainer:
         self.best, self.best_epoch, self.since_best = float(state["best"]), int(state["best_epoch"]), int(state["since_best"])
         self.reference, self.reference_kind = state["reference"], state["reference_kind"]
         torch.set_rng_state(state["torch_rng"].cpu())
+        self.precision.load_state_dict(state.get("grad_scaler"))
         self.log.load(self.run_dir, self.epoch)
 
 
@@ -367,21 +382,19 @@ def train(cfg: RunConfig, run_dir: Path | None = None, *, resume: bool = False,
     ``resume``: continue ``run_dir`` from its last checkpoint; a config that differs from the one it
     was trained with is refused, and a finished run is returned untouched. Ctrl-C raises
     :class:`RunInterrupted` carrying the run directory (None when nothing was saved yet)."""
-    fresh = run_dir is None  # default_run_dir creates the (empty) directory for this run alone
-    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
-    if resume and (finished := check_resume(cfg, run_dir)) is not None:
-        return RunResult(run_dir, finished, already_finished=True)
-    if run_dir.exists() and not resume and any(run_dir.iterdir()):
-        raise UserError(f"run directory {run_dir} already exists and is not empty (use --resume to continue it)")
-    created = fresh or not run_dir.exists()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        summary = Trainer(cfg, run_dir, on_epoch=on_epoch).run(resume=resume)
-    except (KeyboardInterrupt, UserError) as exc:
-        saved = any(run_dir.iterdir())
-        if created and not saved:  # stopped before anything was written: leave no empty folder
-            run_dir.rmdir()
-        if isinstance(exc, KeyboardInterrupt):
-            raise RunInterrupted(run_dir if saved else None) from exc
-        raise
+    with distributed.session(cfg.train.device) as replica:
+        run_dir, created, finished = distributed.on_main(replica, lambda: prepare_run_dir(cfg, run_dir, resume, default_run_dir))
+        if finished is not None:
+            return RunResult(run_dir, finished, already_finished=True)
+        try:
+            with distributed.work_dir(replica, run_dir, resume) as own_dir:  # rank 0 alone writes run_dir
+                summary = Trainer(cfg, own_dir, on_epoch=on_epoch).run(resume=resume)
+        except (KeyboardInterrupt, UserError) as exc:
+            saved = any(run_dir.iterdir())
+            if created and not saved and replica.is_main:  # stopped before anything was written: no empty folder
+                run_dir.rmdir()
+            if isinstance(exc, KeyboardInterrupt):
+                raise RunInterrupted(run_dir if saved else None) from exc
+            raise
     return RunResult(run_dir, summary)
+

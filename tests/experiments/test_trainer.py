@@ -14,6 +14,7 @@ import torch
 from experiments import rundir
 from experiments.config import CONFIG_DIR, load_run_config
 from experiments.errors import ConfigError, NonFiniteLossError, UserError
+from experiments.precision import Precision
 from experiments.trainer import LossClosureFactory, Trainer, train
 
 
@@ -115,7 +116,7 @@ def test_closure_replays_dropout_and_keeps_batchnorm_statistics() -> None:
 
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 2))
     model.train()
-    factory = LossClosureFactory(model, Bench(), torch.device("cpu"), autocast=False)
+    factory = LossClosureFactory(model, Bench(), torch.device("cpu"), Precision(torch.device("cpu")))
     x = torch.randn(16, 4)
     rng = factory.capture()
     first = model(x).mean(0).detach()
