@@ -58,6 +58,9 @@ def _add_train(sub: Any) -> None:
                    help="continue an interrupted run directory with the config it was trained with "
                         "(a finished run is left as it is)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="data-parallel processes on this machine (torch's elastic launcher, as torchrun); "
+                        "train.batch_size stays the global batch")
     p.set_defaults(func=_command("experiments.commands:train_command"))
 
 
@@ -134,6 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)  # what `train --nproc` hands its workers
     except SystemExit as exc:  # --help (0), or a usage error already printed as one line (2)
         return exc.code if isinstance(exc.code, int) else 2
     try:

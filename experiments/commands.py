@@ -52,8 +52,17 @@ def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = No
 
 
 def train_command(args: argparse.Namespace) -> int:
+    from experiments import distributed
     from experiments.errors import RunInterrupted, UserError
     from experiments.trainer import load_run_dir_config, train
+
+    if getattr(args, "nproc", 1) != 1:  # N workers, each running this command without --nproc
+        from experiments.errors import ConfigError
+        from experiments.launch import launch
+
+        if not args.resume and args.config and config_from_args(args).train.batch_size % max(args.nproc, 1):
+            raise ConfigError(f"train.batch_size is the global batch and must be divisible by --nproc {args.nproc}")
+        return launch(args.nproc, args.argv)
 
     if args.resume:
         if args.config or args.scale:
@@ -72,6 +81,8 @@ def train_command(args: argparse.Namespace) -> int:
             exc.continue_with = f"balancebench train --resume {shlex.quote(str(exc.run_dir))}"
         raise
     summary = result.summary
+    if distributed.current().rank > 0:  # under torchrun: rank 0 reports the run
+        return 0
     if result.already_finished:
         print(f"balancebench: {result.run_dir} is already finished ({summary.get('epochs_trained')} epochs); "
               "left as it is", file=sys.stderr)
