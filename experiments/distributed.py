@@ -46,10 +46,13 @@ class Replica:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    #: started by torchrun / ``--nproc`` (even with one process: DDP and the all-reduces then run,
+    #: e.g. the GPU check's 1-GPU DDP smoke run)
+    launched: bool = False
 
     @property
     def active(self) -> bool:
-        return self.world > 1
+        return self.launched
 
     @property
     def is_main(self) -> bool:
@@ -181,10 +184,10 @@ def _slice(batch: Any, rank: int, world: int) -> Any:
 
 def current() -> Replica:
     """This process's replica, from the environment torchrun sets (absent: one process)."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world <= 1:
+    if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
         return Replica()
-    return Replica(rank=int(os.environ["RANK"]), world=world, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+    return Replica(rank=int(os.environ["RANK"]), world=int(os.environ["WORLD_SIZE"]),
+                   local_rank=int(os.environ.get("LOCAL_RANK", "0")), launched=True)
 
 
 @contextmanager
@@ -197,7 +200,7 @@ def session(device_name: str) -> Iterator[Replica]:
         return
     missing = [k for k in _ENV if k not in os.environ]
     if missing:
-        raise UserError(f"WORLD_SIZE={replica.world} but {', '.join(missing)} unset: launch with torchrun "
+        raise UserError(f"RANK and WORLD_SIZE set but {', '.join(missing)} unset: launch with torchrun "
                         "or balancebench train --nproc N")
     cuda = device_name.startswith("cuda") or (device_name == "auto" and torch.cuda.is_available())
     dist.init_process_group("nccl" if cuda else "gloo")

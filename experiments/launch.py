@@ -45,7 +45,7 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
     """Run ``balancebench <argv>`` in ``nproc`` local processes; rank 0's exit code."""
     if nproc < 1:
         raise UserError(f"--nproc must be >= 1, got {nproc}")
-    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
+    if "WORLD_SIZE" in os.environ and "RANK" in os.environ:
         raise UserError("--nproc inside a torchrun worker: use one of torchrun or --nproc, not both")
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch

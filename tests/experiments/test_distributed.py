@@ -151,7 +151,7 @@ def test_shards_are_contiguous_halves_of_the_global_batch() -> None:
 
 
 def test_refusals_are_one_line() -> None:
-    replica = distributed.Replica(rank=0, world=2)
+    replica = distributed.Replica(rank=0, world=2, launched=True)
     with pytest.raises(ConfigError, match="divisible"):
         replica.check_batch_size(33)
     with pytest.raises(ConfigError, match="per-task gradients"):
