@@ -19,19 +19,23 @@ REFERENCE_FILE = "stl_reference.json"
 @torch.no_grad()
 def evaluate(model: nn.Module, bench: Benchmark, loader: Iterable, device: torch.device,
              autocast: bool = False) -> dict[str, float]:
-    """Metric means over a loader (model in eval mode for the pass, restored afterwards)."""
+    """Metric values over a loader (``bench.metric_values`` of the summed ``metric_sums``; model in eval
+    mode for the pass, restored afterwards)."""
     was_training = model.training
     model.eval()
-    sums = torch.zeros(len(bench.metrics), dtype=torch.float64, device=device)
+    sums: torch.Tensor | None = None  # the benchmark's accumulator (its length is the benchmark's choice)
     count = 0
     for batch in loader:
         batch = bench.to_device(batch, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             outputs = model(bench.inputs(batch))
-        sums += bench.metric_sums(outputs, batch).to(torch.float64)
+        batch_sums = bench.metric_sums(outputs, batch).to(torch.float64)
+        sums = batch_sums if sums is None else sums + batch_sums
         count += bench.batch_size(batch)
     model.train(was_training)
-    values = (sums / max(count, 1)).tolist()
+    if sums is None:
+        sums = torch.zeros(len(bench.metrics), dtype=torch.float64, device=device)
+    values = bench.metric_values(sums, count).tolist()
     return {spec.name: v for spec, v in zip(bench.metrics, values)}
 
 

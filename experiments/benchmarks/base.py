@@ -108,4 +108,17 @@ class Benchmark(ABC):
 
     @abstractmethod
     def metric_sums(self, outputs: list[Tensor], batch: Any) -> Tensor:
-        """(M,) per-metric sums over the batch's samples (divided by the count afterwards)."""
+        """(M,) per-metric sums over the batch's samples (divided by the count afterwards).
+
+        Benchmarks whose metrics are not sample means return any fixed-length accumulator here
+        (summed over a split's batches) and override :meth:`metric_values`.
+        """
+
+    def metric_values(self, sums: Tensor, count: int) -> Tensor:
+        """(M,) metric values of a split from its summed ``metric_sums`` and its sample count.
+
+        The default divides by the count. A benchmark whose metrics are ratios of split totals
+        (mIoU from a confusion matrix accumulated over the split, F1 from true/false positives)
+        accumulates those totals in ``metric_sums`` and turns them into values here.
+        """
+        return sums / max(count, 1)
