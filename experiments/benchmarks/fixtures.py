@@ -21,6 +21,10 @@ zero "missing" markers) and the targets are functions of the image, so a model c
 
 from __future__ import annotations
 
+import atexit
+import functools
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -136,3 +140,13 @@ def _write_celeba(out: Path, counts: tuple[int, ...], rng: np.random.Generator) 
     header = " ".join(ATTRIBUTES) + " "
     (out / "Anno" / "list_attr_celeba.txt").write_text(f"{n}\n{header}\n" + "\n".join(rows) + "\n")
     (out / "Eval" / "list_eval_partition.txt").write_text("\n".join(parts) + "\n")
+
+
+@functools.lru_cache(maxsize=None)
+def temporary_fixture(benchmark: str, n_train: int) -> Path:
+    """A fixture of the release's image size with ``n_train`` training images and 1 test image, written
+    once per process into a temporary directory removed at exit (the cost benchmark's data)."""
+    root = Path(tempfile.mkdtemp(prefix=f"balancebench-{benchmark}-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    counts = (int(n_train), 1) if benchmark != "celeba" else (int(n_train), 1, 1)
+    return write_fixture(benchmark, root, counts=counts)

@@ -134,6 +134,14 @@ def augment(sample: dict[str, Tensor], kinds: dict[str, str], gen: torch.Generat
     top = int(torch.randint(h - ch + 1, (1,), generator=gen))
     left = int(torch.randint(w - cw + 1, (1,), generator=gen))
     flip = bool(torch.rand(1, generator=gen) < 0.5)
+    return scale_crop_flip(sample, kinds, scale, top, left, flip)
+
+
+def scale_crop_flip(sample: dict[str, Tensor], kinds: dict[str, str], scale: float, top: int, left: int,
+                    flip: bool) -> dict[str, Tensor]:
+    """Crop ``⌊H/scale⌋ × ⌊W/scale⌋`` at (top, left), resize back, depth / scale, optional flip."""
+    h, w = sample["image"].shape[-2:]
+    ch, cw = int(h / scale), int(w / scale)
     out = {}
     for key, t in sample.items():
         y = _resize(t[..., top:top + ch, left:left + cw], (h, w), kinds[key])

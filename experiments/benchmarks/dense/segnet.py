@@ -62,6 +62,8 @@ def _repeat(c: int, times: int) -> nn.Sequential:
 
 def _init(module: nn.Module) -> None:
     for m in module.modules():
+        if getattr(getattr(m, "weight", None), "is_meta", False):
+            continue  # no values on the meta device (used to count parameters); torch's meta normal_ is slow
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             nn.init.xavier_normal_(m.weight)
             if m.bias is not None:
