@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from experiments import rundir
-from experiments.benchmarks import create_benchmark
+from experiments.benchmarks import MultiTaskModel, create_benchmark
 from experiments.benchmarks.celeba import celeba_trunk, f1_scores
 from experiments.benchmarks.celeba_data import ATTRIBUTES, load_image, read_index
 from experiments.benchmarks.fixtures import BLOCK, write_fixture
@@ -116,6 +116,19 @@ def test_network_parameter_count_equals_the_reference() -> None:
     trunk = celeba_trunk()
     assert sum(p.numel() for p in trunk.parameters()) + 40 * 513 == 5_197_160
     assert trunk(torch.rand(2, 3, 64, 64)).shape == (2, 512)
+
+
+def test_network_outputs_equal_the_reference_module() -> None:
+    """The random projection of this model's (4, 40) logits in training mode, float64; FAMO's Network with the
+    same weights (``shared_base`` / ``out_layer`` names mapped one to one) gave sigmoid outputs equal to ours
+    to 1.1e-16 (commit 0a6ad06, run once)."""
+    torch.manual_seed(0)
+    model = MultiTaskModel(celeba_trunk(), [torch.nn.Linear(512, 1) for _ in ATTRIBUTES]).double().train()
+    x = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    with torch.no_grad():
+        logits = torch.cat(model(x), dim=1)
+    projection = torch.randn(logits.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    assert float((logits * projection).sum()) == pytest.approx(4.062207622935476, rel=1e-7)
 
 
 @pytest.mark.parametrize("damage, expected", [

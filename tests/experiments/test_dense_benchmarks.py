@@ -130,7 +130,6 @@ def test_segnet_parameter_counts_equal_the_reference(outputs: list, arch: str, n
     assert head_params == sum(64 * 64 * 9 + 64 + 64 * c + c for c, _ in outputs)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("outputs, arch, shape, expected", [
     ([(13, False), (1, False), (3, True)], "mtan", (2, 3, 32, 32), (-269.96751961173055, -52.44764856491227, -18.478000079444474)),
     ([(13, False), (1, False), (3, True)], "split", (2, 3, 32, 32), (-229.8048836454144, -7.012199616843071, 36.886875397786625)),
