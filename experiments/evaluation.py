@@ -43,14 +43,16 @@ def delta_m(values: Mapping[str, float], specs: Sequence[MetricSpec], reference:
     """Δm% of ``values`` against ``reference`` (lower is better).
 
     Seed 003 Eq. 1 / FAMO §5.2: per metric ``(-1)^{higher is better} (M − M_ref) / |M_ref|``,
-    averaged over the metrics of a task first, then over tasks, times 100.
+    averaged over the metrics of a task first (of a ``MetricSpec.group`` when set), then over
+    tasks (groups), times 100.
     """
-    per_task: dict[int, list[float]] = {}
+    per_task: dict[tuple[str, int], list[float]] = {}
     for spec in specs:
         ref = reference[spec.name]
         sign = -1.0 if spec.higher_is_better else 1.0
         denom = abs(ref) if abs(ref) > 1e-12 else 1e-12
-        per_task.setdefault(spec.task, []).append(sign * (values[spec.name] - ref) / denom)
+        key = ("task", spec.task) if spec.group is None else ("group", spec.group)
+        per_task.setdefault(key, []).append(sign * (values[spec.name] - ref) / denom)
     task_means = [sum(v) / len(v) for v in per_task.values()]
     return 100.0 * sum(task_means) / len(task_means)
 

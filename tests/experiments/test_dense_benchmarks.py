@@ -19,7 +19,7 @@ from experiments.benchmarks.fixtures import CATEGORY_OF_19, write_fixture
 from experiments.benchmarks.localdata import DATA_ENV
 from experiments.config import CONFIG_DIR, load_run_config
 from experiments.errors import UserError
-from experiments.evaluation import evaluate
+from experiments.evaluation import delta_m, evaluate, literature_reference
 from experiments.trainer import train
 
 SMALL = (64, 96)  # a fixture shape that keeps these tests fast (the release's is the default)
@@ -185,6 +185,25 @@ def test_evaluation_accumulates_the_confusion_matrix_and_averages_batches(nyu_ro
     assert got["depth_abs_err"] == pytest.approx((depth[0][0] + depth[1][0]).item() / 2, rel=1e-5)
     assert got["normal_angle_median"] == pytest.approx((normal[0][1] + normal[1][1]).item() / 2, rel=1e-5)
     assert abs(miou - sum(per_batch_miou) / 2) > 1e-4  # the two definitions differ here: the test can fail
+
+
+@pytest.mark.parametrize("name, row, option, paper", [
+    # seed 000 Table 1, FAMO / Nash-MTL / LS rows (mIoU, pix acc, abs, rel, mean, median, 11.25, 22.5, 30) and their Δm%
+    ("nyuv2", (38.88, 64.90, 0.5474, 0.2194, 25.06, 19.57, 29.21, 56.61, 68.98), "metrics", -4.10),
+    ("nyuv2", (40.13, 65.93, 0.5261, 0.2171, 25.26, 20.08, 28.40, 55.47, 68.15), "metrics", -4.04),
+    ("nyuv2", (39.29, 65.33, 0.5493, 0.2263, 28.15, 23.96, 22.09, 47.50, 61.08), "metrics", 5.59),
+    ("nyuv2", (38.88, 64.90, 0.5474, 0.2194, 25.06, 19.57, 29.21, 56.61, 68.98), "tasks", -6.79),  # seed 003's formula
+    # seed 000 Table 3, CityScapes FAMO row: both formulas agree (two metrics per task)
+    ("cityscapes", (74.54, 93.29, 0.0145, 32.59), "metrics", 8.13),
+    ("cityscapes", (74.54, 93.29, 0.0145, 32.59), "tasks", 8.13),
+])  # fmt: skip
+def test_delta_m_reproduces_the_papers_numbers(name: str, row: tuple, option: str, paper: float, nyu_root: Path,
+                                               city_root: Path) -> None:
+    bench = create_benchmark(name, root=str(nyu_root if name == "nyuv2" else city_root), delta_m=option)
+    percent = {"seg_miou", "seg_pix_acc", "normal_within_11_25", "normal_within_22_5", "normal_within_30"}
+    values = {m.name: v / 100 if m.name in percent else v for m, v in zip(bench.metrics, row)}
+    got = delta_m(values, bench.metrics, literature_reference(bench.metrics))
+    assert got == pytest.approx(paper, abs=0.015)  # the table's inputs and outputs are rounded
 
 
 # ------------------------------------------------------------------------------------ bad copies
