@@ -51,7 +51,8 @@ class Benchmark(ABC):
 
     A batch is whatever the loaders yield; the benchmark alone knows its structure
     (``inputs(batch)``, ``losses``, ``metric_sums``, ``batch_size``, ``to_device``).
-    Metrics are accumulated as sums over samples and divided by the sample count at the end.
+    Metrics are accumulated as sums over samples and divided by the sample count at the end
+    (``metric_values``; benchmarks with split-level metrics such as mIoU or F1 override it).
     """
 
     #: registry name, e.g. "qm9"
