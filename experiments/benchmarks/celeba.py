@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 
 from experiments.benchmarks.base import Benchmark, MetricSpec, MultiTaskModel
 from experiments.benchmarks.celeba_data import ATTRIBUTES, LAYOUT, SPLIT_CODES, CelebASplit, read_index
-from experiments.benchmarks.localdata import resolve_root
+from experiments.benchmarks.localdata import OneLineErrors, resolve_root
 
 REFERENCE_CHANNELS = (64, 128, 256, 512)
 EPS = 1e-8  # the reference's F1 epsilons
@@ -116,7 +116,7 @@ class CelebABenchmark(Benchmark):
         for split in ("val", "test"):
             out.append(DataLoader(self.splits[split], batch_size=batch_size, shuffle=False,
                                   num_workers=self.num_workers, pin_memory=pin))
-        return out[0], out[1], out[2]
+        return OneLineErrors(out[0]), OneLineErrors(out[1]), OneLineErrors(out[2])
 
     def build_model(self, channels: list[int] | None = None, hidden: int = 512) -> MultiTaskModel:
         """FAMO's CelebA network (``channels`` default (64, 128, 256, 512), ``hidden`` 512) with 40 heads."""

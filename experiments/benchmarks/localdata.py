@@ -10,6 +10,7 @@ that names the expected layout and the first offending path.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from experiments.errors import UserError
@@ -51,3 +52,28 @@ def missing(benchmark: str, path: Path, layout: str) -> DataLayoutError:
 def malformed(benchmark: str, path: Path, problem: str, layout: str) -> DataLayoutError:
     """The error for a file that exists but cannot be what the layout says it is."""
     return DataLayoutError(f"{benchmark}: malformed {path}: {problem}; expected layout: {layout}")
+
+
+class OneLineErrors:
+    """Wraps a ``DataLoader`` so that a layout error raised in a loader *worker* stays one line.
+
+    torch re-raises a worker's exception with the worker's traceback in its message; this keeps the
+    original message (the traceback's last line) and drops the rest.
+    """
+
+    def __init__(self, loader: Iterable) -> None:
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator:
+        try:
+            yield from self.loader
+        except DataLayoutError as exc:
+            lines = str(exc).strip().splitlines()
+            if len(lines) <= 1:
+                raise
+            tag = f"{DataLayoutError.__name__}: "
+            last = lines[-1]
+            raise DataLayoutError(last.split(tag, 1)[1] if tag in last else last) from None

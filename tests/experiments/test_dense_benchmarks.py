@@ -244,6 +244,16 @@ def test_bad_label_values_fail_when_loaded(tmp_path: Path) -> None:
         list(bench.loaders(2, seed=0)[0])
 
 
+def test_a_bad_file_read_by_a_loader_worker_is_still_one_line(tmp_path: Path) -> None:
+    root = write_fixture("cityscapes", tmp_path, counts=(2, 1), shape=(32, 64))
+    np.save(root / "train/depth/1.npy", np.zeros((32, 64), np.float32))  # (H, W) instead of (H, W, 1)
+    bench = create_benchmark("cityscapes", root=str(root), num_workers=1)
+    with pytest.raises(UserError) as err:
+        list(bench.loaders(2, seed=0)[0])
+    assert str(err.value).startswith(f"cityscapes: malformed {root}/train/depth/1.npy: shape (32, 64), expected (32, 64, 1)")
+    assert "\n" not in str(err.value)
+
+
 def test_options_are_checked(nyu_root: Path) -> None:
     with pytest.raises(ValueError, match="val_size must be in"):
         create_benchmark("nyuv2", root=str(nyu_root), val_size=6)

@@ -34,7 +34,7 @@ from experiments.benchmarks.base import Benchmark, MetricSpec, MultiTaskModel
 from experiments.benchmarks.dense import metrics as M
 from experiments.benchmarks.dense.data import SPLIT_DIRS, Field, MTANSplit, layout_text, scan_split
 from experiments.benchmarks.dense.segnet import REFERENCE_FILTERS, build_segnet
-from experiments.benchmarks.localdata import malformed, resolve_root
+from experiments.benchmarks.localdata import OneLineErrors, malformed, resolve_root
 
 #: task name of each field kind, and its metrics (name suffix, higher is better)
 TASK_OF_KIND = {"label": "segmentation", "depth": "depth", "normal": "normal"}
@@ -132,9 +132,9 @@ class MTANDenseBenchmark(Benchmark):
         return specs
 
     # ------------------------------------------------------------------ data and model
-    def _loader(self, split: str, keys: list[tuple[int, int]], batch_size: int) -> DataLoader:
-        return DataLoader(self.splits[split], batch_size=batch_size, sampler=keys, num_workers=self.num_workers,
-                          pin_memory=torch.cuda.is_available(), drop_last=False)
+    def _loader(self, split: str, keys: list[tuple[int, int]], batch_size: int) -> OneLineErrors:
+        return OneLineErrors(DataLoader(self.splits[split], batch_size=batch_size, sampler=keys,
+                                        num_workers=self.num_workers, pin_memory=torch.cuda.is_available()))
 
     def loaders(self, batch_size: int, seed: int) -> tuple[Iterable, Iterable, Iterable]:
         batch_size = int(batch_size)
