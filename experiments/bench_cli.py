@@ -14,9 +14,11 @@ from experiments.errors import UserError
 def add_parsers(sub: Any) -> None:
     p = sub.add_parser("bench", help="step time, peak memory and passes of every balancer vs the number of tasks K")
     p.add_argument("--ks", default="2,8,32,128,512,1024", help="comma-separated numbers of tasks (mlp only)")
-    p.add_argument("--model", choices=("mlp", "qm9"), default="mlp",
+    p.add_argument("--model", choices=("mlp", "qm9", "segnet", "segnet_cityscapes"), default="mlp",
                    help="mlp: synthetic K-task benchmark (MLP trunk 32-512-512-512, batch 256); "
-                        "qm9: the QM9 MPNN (K = 11 tasks, a 2048-molecule subset)")
+                        "qm9: the QM9 MPNN (K = 11 tasks, a 2048-molecule subset); segnet / segnet_cityscapes: "
+                        "the MTAN SegNet on NYU-v2 (K = 3, 288x384, batch 2) / CityScapes (K = 2, 128x256, batch 8), "
+                        "seed 004 Table 3, on random images of the real size")
     p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.add_argument("--repeats", type=int, default=15, help="interleaved (uniform, method) block pairs per method")
     p.add_argument("--steps-per-block", type=int, default=2, help="training steps per timed block")
@@ -29,7 +31,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--ok-repeats", type=int, default=3, help="timed block pairs for O(K) methods (1 step each)")
     p.add_argument("--hidden", type=int, default=None, help="mlp hidden width (default 512)")
     p.add_argument("--depth", type=int, default=None, help="mlp hidden layers (default 3)")
-    p.add_argument("--batch-size", type=int, default=None, help="default 256 (mlp) / 32 (qm9)")
+    p.add_argument("--batch-size", type=int, default=None, help="default 256 (mlp) / 32 (qm9) / 2 (segnet) / 8 (segnet_cityscapes)")
     p.add_argument("--clock", choices=("wall", "process"), default="wall",
                    help="wall: elapsed time; process: the process's CPU time (robust to other jobs on a "
                         "shared machine when used with --threads 1)")
@@ -65,8 +67,8 @@ def bench_command(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise UserError("--threads must be >= 1")
         torch.set_num_threads(args.threads)
-    if args.model == "qm9" and args.ks != "2,8,32,128,512,1024":
-        print("balancebench bench: --model qm9 has K = 11 tasks; --ks is ignored", file=sys.stderr)
+    if args.model != "mlp" and args.ks != "2,8,32,128,512,1024":
+        print(f"balancebench bench: --model {args.model} has a fixed number of tasks; --ks is ignored", file=sys.stderr)
     variants = cost.select_variants(args.balancers, two_point=not args.no_two_point)
     options = {k: v for k, v in (("hidden", args.hidden), ("depth", args.depth), ("batch_size", args.batch_size))
                if v is not None}

@@ -105,7 +105,8 @@ _EXTRA_PARSERS: list[Callable[[Any], None]] = []
 
 
 def _load_extra_parsers() -> None:
-    for path in ("experiments.study_cli:add_parsers", "experiments.bench_cli:add_parsers", "analysis.cli:add_parsers"):
+    for path in ("experiments.study_cli:add_parsers", "experiments.bench_cli:add_parsers", "analysis.cli:add_parsers",
+                 "experiments.fixture_cli:add_parsers"):
         module, name = path.split(":")
         try:
             mod = importlib.import_module(module)

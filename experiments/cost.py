@@ -2,7 +2,11 @@
 
 Every measurement runs the trainer's real step, :meth:`experiments.trainer.Trainer.train_step`, on
 a benchmark built from a :class:`RunConfig` (``mlp``: the synthetic K-task benchmark, whose model is
-an MLP trunk + one linear layer of K heads; ``qm9``: the QM9 MPNN with its 11 tasks). For each K,
+an MLP trunk + one linear layer of K heads; ``qm9``: the QM9 MPNN with its 11 tasks; ``segnet`` /
+``segnet_cityscapes``: the MTAN SegNet on NYU-v2 (K = 3, 288 × 384, batch 2) / CityScapes (K = 2,
+128 × 256, batch 8), seed 004 Table 3's models, on random images of the releases' size written by
+:func:`experiments.benchmarks.fixtures.temporary_fixture`: step times do not depend on pixel
+values, and the batches are pre-loaded, so no data loading is timed). For each K,
 one trainer per balancer variant plus one uniform-loss trainer live in the same process, all
 built with the same seed (same initial model), and run on the same pre-loaded batches.
 
@@ -74,6 +78,11 @@ from balancers import balancer_info, list_balancers
 #: the synthetic MLP of the ``mlp`` model (see docs/cost.md): input 32, 3 hidden layers of 512, batch 256
 MLP = {"input_dim": 32, "hidden": 512, "depth": 3, "batch_size": 256}
 QM9 = {"subset": 2048, "batch_size": 32, "dim": 64}
+#: the dense models: benchmark, its K and the reference batch size (seed 004 Table 3 reports seconds per
+#: epoch: NYU-v2 has 795 / 2 = 398 steps per epoch, CityScapes 2,975 / 8 = 372); ``filters`` None: the reference's
+SEGNET = {"segnet": {"benchmark": "nyuv2", "k": 3, "batch_size": 2, "arch": "mtan", "filters": None},
+          "segnet_cityscapes": {"benchmark": "cityscapes", "k": 2, "batch_size": 8, "arch": "mtan", "filters": None}}
+MODELS = ("mlp", "qm9", *SEGNET)
 DEFAULT_KS = (2, 8, 32, 128, 512, 1024)
 OK_MAX_K = 128
 BASELINE = "(uniform baseline)"
@@ -157,8 +166,16 @@ def build_trainer(variant: Variant, k: int, model: str, device: str, options: di
         cfg = RunConfig(benchmark=BenchmarkConfig("qm9", options={"subset": options["subset"]}),
                         model={"dim": options["dim"]}, balancer=BalancerConfig(variant.name, variant.hparams(k)),
                         train=train, seed=0)
+    elif model in SEGNET:
+        from experiments.benchmarks.fixtures import temporary_fixture
+
+        root = temporary_fixture(options["benchmark"], options["batch_size"] * options.get("n_batches", 4))
+        cfg = RunConfig(benchmark=BenchmarkConfig(options["benchmark"], options={"root": str(root), "n_test": 1}),
+                        model={"arch": options["arch"], "filters": options["filters"]},
+                        balancer=BalancerConfig(variant.name, variant.hparams(k)),
+                        train=train, seed=0)
     else:
-        raise ValueError(f"model must be mlp or qm9, got {model!r}")
+        raise ValueError(f"model must be one of {', '.join(MODELS)}, got {model!r}")
     return Trainer(cfg, Path(tempfile.gettempdir()) / "balancebench-cost-unused")
 
 
@@ -408,10 +425,12 @@ def bench(
         raise ValueError("clock='process' measures CPU time: only for device='cpu'")
     timer = CLOCKS[clock]
     variants = list(default_variants() if variants is None else variants)
-    defaults = MLP if model == "mlp" else QM9
+    defaults = {"mlp": MLP, "qm9": QM9, **SEGNET}[model]
     options = {**defaults, **(options or {})}
     if model == "qm9":
         ks = [11]
+    elif model in SEGNET:
+        ks = [SEGNET[model]["k"]]
     rows: list[dict[str, Any]] = []
     # the baseline every variant is interleaved with; the registered "uniform" variant is measured
     # against it like the others (its time ratio shows the noise floor of the measurement)

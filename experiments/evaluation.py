@@ -19,21 +19,24 @@ REFERENCE_FILE = "stl_reference.json"
 @torch.no_grad()
 def evaluate(model: nn.Module, bench: Benchmark, loader: Iterable, device: torch.device,
              autocast: bool | torch.dtype | None = False) -> dict[str, float]:
-    """Metric means over a loader (model in eval mode for the pass, restored afterwards);
-    ``autocast``: a dtype, True (bfloat16), or False/None (off)."""
+    """Metric values over a loader (``bench.metric_values`` of the summed ``metric_sums``; model in eval
+    mode for the pass, restored afterwards); ``autocast``: a dtype, True (bfloat16), or False/None (off)."""
     dtype = autocast if isinstance(autocast, torch.dtype) else torch.bfloat16
     was_training = model.training
     model.eval()
-    sums = torch.zeros(len(bench.metrics), dtype=torch.float64, device=device)
+    sums: torch.Tensor | None = None  # the benchmark's accumulator (its length is the benchmark's choice)
     count = 0
     for batch in loader:
         batch = bench.to_device(batch, device)
         with torch.autocast(device.type, dtype=dtype, enabled=bool(autocast)):
             outputs = model(bench.inputs(batch))
-        sums += bench.metric_sums(outputs, batch).to(torch.float64)
+        batch_sums = bench.metric_sums(outputs, batch).to(torch.float64)
+        sums = batch_sums if sums is None else sums + batch_sums
         count += bench.batch_size(batch)
     model.train(was_training)
-    values = (sums / max(count, 1)).tolist()
+    if sums is None:
+        sums = torch.zeros(len(bench.metrics), dtype=torch.float64, device=device)
+    values = bench.metric_values(sums, count).tolist()
     return {spec.name: v for spec, v in zip(bench.metrics, values)}
 
 
@@ -41,14 +44,16 @@ def delta_m(values: Mapping[str, float], specs: Sequence[MetricSpec], reference:
     """Δm% of ``values`` against ``reference`` (lower is better).
 
     Seed 003 Eq. 1 / FAMO §5.2: per metric ``(-1)^{higher is better} (M − M_ref) / |M_ref|``,
-    averaged over the metrics of a task first, then over tasks, times 100.
+    averaged over the metrics of a task first (of a ``MetricSpec.group`` when set), then over
+    tasks (groups), times 100.
     """
-    per_task: dict[int, list[float]] = {}
+    per_task: dict[tuple[str, int], list[float]] = {}
     for spec in specs:
         ref = reference[spec.name]
         sign = -1.0 if spec.higher_is_better else 1.0
         denom = abs(ref) if abs(ref) > 1e-12 else 1e-12
-        per_task.setdefault(spec.task, []).append(sign * (values[spec.name] - ref) / denom)
+        key = ("task", spec.task) if spec.group is None else ("group", spec.group)
+        per_task.setdefault(key, []).append(sign * (values[spec.name] - ref) / denom)
     task_means = [sum(v) / len(v) for v in per_task.values()]
     return 100.0 * sum(task_means) / len(task_means)
 

@@ -13,6 +13,9 @@ _BENCHMARKS: dict[str, str] = {
     "multimnist": "experiments.benchmarks.multimnist:MultiMNISTBenchmark",
     "qm9": "experiments.benchmarks.qm9:QM9Benchmark",
     "synthetic": "experiments.benchmarks.synthetic:SyntheticBenchmark",
+    "nyuv2": "experiments.benchmarks.nyuv2:NYUv2Benchmark",
+    "cityscapes": "experiments.benchmarks.cityscapes:CityscapesBenchmark",
+    "celeba": "experiments.benchmarks.celeba:CelebABenchmark",
 }
 
 

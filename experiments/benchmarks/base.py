@@ -17,12 +17,16 @@ class MetricSpec:
 
     ``task`` is the index of the task the metric belongs to (Δm% averages metrics within a task
     first). ``stl`` is a single-task-learning reference value for Δm%, when the literature has one.
+    ``group`` overrides the Δm% grouping: metrics with the same group are averaged first (None:
+    the metric's task). Seeds 000 / 004 average NYU-v2's 9 metrics with equal weights, which a
+    benchmark expresses by giving every metric its own group.
     """
 
     name: str
     task: int
     higher_is_better: bool
     stl: float | None = None
+    group: int | None = None
 
 
 class MultiTaskModel(nn.Module):
@@ -47,7 +51,8 @@ class Benchmark(ABC):
 
     A batch is whatever the loaders yield; the benchmark alone knows its structure
     (``inputs(batch)``, ``losses``, ``metric_sums``, ``batch_size``, ``to_device``).
-    Metrics are accumulated as sums over samples and divided by the sample count at the end.
+    Metrics are accumulated as sums over samples and divided by the sample count at the end
+    (``metric_values``; benchmarks with split-level metrics such as mIoU or F1 override it).
     """
 
     #: registry name, e.g. "qm9"
@@ -108,4 +113,17 @@ class Benchmark(ABC):
 
     @abstractmethod
     def metric_sums(self, outputs: list[Tensor], batch: Any) -> Tensor:
-        """(M,) per-metric sums over the batch's samples (divided by the count afterwards)."""
+        """(M,) per-metric sums over the batch's samples (divided by the count afterwards).
+
+        Benchmarks whose metrics are not sample means return any fixed-length accumulator here
+        (summed over a split's batches) and override :meth:`metric_values`.
+        """
+
+    def metric_values(self, sums: Tensor, count: int) -> Tensor:
+        """(M,) metric values of a split from its summed ``metric_sums`` and its sample count.
+
+        The default divides by the count. A benchmark whose metrics are ratios of split totals
+        (mIoU from a confusion matrix accumulated over the split, F1 from true/false positives)
+        accumulates those totals in ``metric_sums`` and turns them into values here.
+        """
+        return sums / max(count, 1)
