@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import random
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -16,21 +19,57 @@ from experiments.errors import ConfigError
 REFERENCE_FILE = "stl_reference.json"
 
 
+@contextmanager
+def isolated_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Run a block on its own random streams, seeded with ``seed``, and leave every global stream
+    exactly as it was: torch's CPU generator, the CUDA generator of ``device``, Python's
+    ``random`` and NumPy's global state.
+
+    Why: starting a DataLoader iterator that has no generator draws its base seed from torch's
+    global generator, and any stochastic layer in an evaluation pass draws from it too; if
+    evaluation shared the stream, turning an evaluation on or off would change every later
+    shuffle and dropout mask of training. Isolating the pass (rather than giving each loader a
+    generator) covers every benchmark, including ones defined outside the project.
+    """
+    devices = [device] if device.type == "cuda" else []
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.default_generator.manual_seed(int(seed))
+            if devices:
+                with torch.cuda.device(device):
+                    torch.cuda.manual_seed(int(seed))
+            random.seed(int(seed))
+            np.random.seed(int(seed) % 2**32)
+            yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, bench: Benchmark, loader: Iterable, device: torch.device,
-             autocast: bool = False) -> dict[str, float]:
-    """Metric means over a loader (model in eval mode for the pass, restored afterwards)."""
+             autocast: bool = False, seed: int = 0) -> dict[str, float]:
+    """Metric means over a loader (model in eval mode for the pass, restored afterwards).
+
+    The pass runs under :func:`isolated_rng` with ``seed``: it consumes nothing from the random
+    streams training uses, and the same model gives the same metrics whatever was evaluated
+    before it.
+    """
     was_training = model.training
     model.eval()
     sums = torch.zeros(len(bench.metrics), dtype=torch.float64, device=device)
     count = 0
-    for batch in loader:
-        batch = bench.to_device(batch, device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            outputs = model(bench.inputs(batch))
-        sums += bench.metric_sums(outputs, batch).to(torch.float64)
-        count += bench.batch_size(batch)
-    model.train(was_training)
+    try:
+        with isolated_rng(seed, device):
+            for batch in loader:
+                batch = bench.to_device(batch, device)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                    outputs = model(bench.inputs(batch))
+                sums += bench.metric_sums(outputs, batch).to(torch.float64)
+                count += bench.batch_size(batch)
+    finally:
+        model.train(was_training)
     values = (sums / max(count, 1)).tolist()
     return {spec.name: v for spec, v in zip(bench.metrics, values)}
 
