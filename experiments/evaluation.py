@@ -74,18 +74,52 @@ def evaluate(model: nn.Module, bench: Benchmark, loader: Iterable, device: torch
     return {spec.name: v for spec, v in zip(bench.metrics, values)}
 
 
-def delta_m(values: Mapping[str, float], specs: Sequence[MetricSpec], reference: Mapping[str, float]) -> float:
+#: Δm% averaging a task's metrics first, then over tasks: seed 003 Eq. 1 (Gama & Grassi; their
+#: ``multiTaskMetric`` in Gabriel-SGama/UnitScal_vs_SMTOs ``supervised_experiments/metrics.py``).
+#: Reproduces the "avg" column of seed 003 Table 4 (Cityscapes, 2 + 2 + 1 metrics).
+PER_TASK = "per_task"
+#: Δm% averaging over all metrics at once: seed 000 §5.2 (FAMO) and seed 004 §5 (MARIGOLD), as in
+#: the ``delta_fn`` of AvivNavon/nash-mtl ``experiments/nyuv2/utils.py`` that FAMO's code imports.
+#: Reproduces seed 000 Table 1 (NYU-v2, 2 + 2 + 5 metrics).
+PER_METRIC = "per_metric"
+DELTA_M_DEFINITIONS: dict[str, str] = {
+    PER_TASK: "metrics averaged within each task, then over tasks (seed 003 Eq. 1)",
+    PER_METRIC: "average over all metrics at once (seeds 000 §5.2 and 004 §5)",
+}
+
+
+def check_definition(definition: str) -> str:
+    """``definition`` when it names a Δm% / mean-rank definition, else a one-line ConfigError."""
+    if definition not in DELTA_M_DEFINITIONS:
+        raise ConfigError(f"unknown Δm% definition {definition!r}; valid: {', '.join(DELTA_M_DEFINITIONS)}")
+    return definition
+
+
+def delta_m(values: Mapping[str, float], specs: Sequence[MetricSpec], reference: Mapping[str, float],
+            definition: str = PER_TASK) -> float:
     """Δm% of ``values`` against ``reference`` (lower is better).
 
-    Seed 003 Eq. 1 / FAMO §5.2: per metric ``(-1)^{higher is better} (M − M_ref) / |M_ref|``,
-    averaged over the metrics of a task first, then over tasks, times 100.
+    Per metric ``(-1)^{higher is better} (M − M_ref) / |M_ref|``, times 100, then averaged:
+    ``per_task`` (seed 003 Eq. 1; the trainer's validation objective) over a task's metrics first,
+    then over tasks; ``per_metric`` (seeds 000 and 004) over all metrics at once. The two agree
+    while every task has one metric (every built-in benchmark today) and differ otherwise.
+
+    >>> from experiments.benchmarks.base import MetricSpec
+    >>> specs = [MetricSpec("a", 0, False), MetricSpec("b", 0, False), MetricSpec("c", 1, False)]
+    >>> values, ref = {"a": 0.9, "b": 1.0, "c": 1.0}, {"a": 1.0, "b": 1.0, "c": 1.0}
+    >>> round(delta_m(values, specs, ref, "per_task"), 4), round(delta_m(values, specs, ref, "per_metric"), 4)
+    (-2.5, -3.3333)
     """
+    check_definition(definition)
     per_task: dict[int, list[float]] = {}
     for spec in specs:
         ref = reference[spec.name]
         sign = -1.0 if spec.higher_is_better else 1.0
         denom = abs(ref) if abs(ref) > 1e-12 else 1e-12
         per_task.setdefault(spec.task, []).append(sign * (values[spec.name] - ref) / denom)
+    if definition == PER_METRIC:
+        changes = [c for task in per_task.values() for c in task]
+        return 100.0 * sum(changes) / len(changes)
     task_means = [sum(v) / len(v) for v in per_task.values()]
     return 100.0 * sum(task_means) / len(task_means)
 

@@ -241,7 +241,8 @@ def render(results: pd.DataFrame, fmt: str = "md") -> str:
     if fmt != "md":
         raise UserError(f"unknown format {fmt!r}; valid: md, csv, latex")
     head = (f"Study `{results.attrs.get('group')}` (storage {results.attrs.get('storage')}): test metrics are "
-            f"mean {PM} standard error over the rerun seeds of each method's best configuration.\n\n")
+            f"mean {PM} standard error over the rerun seeds of each method's best configuration; Δm%: metrics "
+            "averaged within each task first, then over tasks (seed 003 Eq. 1, the search objective's).\n\n")
     return (head + display_table(results).to_markdown(index=False) + "\n\nBudget (the same for every searched "
             "method; failed and pruned trials count; requeued = killed/interrupted trials re-run with the same "
             "parameters, not counted):\n\n" + budget.to_markdown(index=False) + "\n")
