@@ -191,10 +191,10 @@ class Worker:
         trials = self._load(plan.rerun_study_name(source, best.number), pruned=False).get_trials(deepcopy=False)
         runs = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.params["seed"])
         if not runs:
-            failed = "; ".join(f"seed {t.params.get('seed')}: {t.user_attrs.get('failure_kind') or t.state.name.lower()}"
-                               for t in trials) or "none ran"
-            return self._unavailable(method, source, f"no completed rerun of {source} trial {best.number} "
-                                                     f"to extract weights from ({failed})")
+            why = "; ".join(f"seed {t.params.get('seed')}: {t.user_attrs.get('failure_kind') or t.state.name.lower()}"
+                            for t in trials) or "none ran"
+            return self._unavailable(method, source,
+                                     f"no completed rerun of {source} trial {best.number} to extract weights from ({why})")
         try:
             extracted = ema_extract([recorded_epoch_weights(t.user_attrs, f"seed {t.params['seed']}")
                                      for t in runs], plan.cfg.ema)
@@ -220,16 +220,15 @@ class Worker:
         with self.lock:
             study = optuna.create_study(study_name=self.plan.study_name(method), storage=self.storage,
                                         direction="minimize", load_if_exists=True)
-            attrs = study.user_attrs
+            attrs, new = study.user_attrs, {"source_trial": source_trial, "unavailable": reason}
             if attrs.get("kind") is None:
-                for key, value in {"kind": "derived", "group": self.plan.group, "method": method,
-                                   "source_method": source, "seeds": list(self.plan.cfg.rerun_seeds)}.items():
-                    study.set_user_attr(key, value)
+                new.update(kind="derived", group=self.plan.group, method=method, source_method=source,
+                           seeds=list(self.plan.cfg.rerun_seeds))
             elif reason == "pending":
                 return  # created before: keep what it says
-            if attrs.get("unavailable") != reason or attrs.get("source_trial") != source_trial:
-                study.set_user_attr("source_trial", source_trial)
-                study.set_user_attr("unavailable", reason)
+            for key, value in new.items():
+                if attrs.get(key, ...) != value:
+                    study.set_user_attr(key, value)
 
     def _unavailable(self, method: str, source: str, reason: str) -> str:
         """A derived method that cannot be trained: one line, and the reason in the storage."""
