@@ -17,7 +17,7 @@ import pandas as pd
 
 from analysis import plots, trajectories
 from analysis.runs import RunRecord, load_runs
-from analysis.tables import PM, display_table, setting_tables, slug, write_tables
+from analysis.tables import PM, definition_note, display_table, setting_tables, slug, write_tables
 from experiments import rundir
 from experiments.errors import UserError
 
@@ -63,13 +63,14 @@ def build_report(records: Sequence[RunRecord], out: str | Path, source: str = ""
     write_tables(tables, out)
     lines = ["# balancebench report", "", f"Source: {source}.", ""]
     lines += [f"> {n}" for n in notes] + ([""] if notes else [])
-    lines += [f"Numbers are mean {PM} standard error over seeds (runs); Δm% is seed 003 Eq. 1 (metrics "
-              "averaged within a task first, then over tasks; lower is better) on the test split at each run's "
-              "best validation epoch; MR is the mean rank over all metrics. Tables as LaTeX and CSV: `tables/`.", ""]
+    lines += [f"Numbers are mean {PM} standard error over seeds (runs); Δm% (lower is better) is on the test "
+              "split at each run's best validation epoch, with the definition of the paper each setting is "
+              "compared with (stated per setting). Tables as LaTeX and CSV: `tables/`.", ""]
     figures: list[Path] = []
     for setting, (runs, table, specs) in tables.items():
         lines += [f"## {setting}", "", f"Reference for Δm%: {', '.join(sorted(set(runs['reference'])))}; "
-                  f"split: {', '.join(sorted(set(runs['split'])))}.", "",
+                  f"split: {', '.join(sorted(set(runs['split'])))}. "
+                  + definition_note(table.attrs["definition"], table.attrs.get("benchmark")), "",
                   display_table(table, specs).to_markdown(index=False), ""]
         made = plots.setting_plots(setting, runs, table, figures_dir)
         lines += [_img(made["delta_m"], out, f"Δm% per method — {setting}"),

@@ -1,16 +1,21 @@
 """Result tables: Δm%, mean rank, per-task metrics as mean ± standard error over seeds, written as
 Markdown, LaTeX and CSV, from run directories or from a study storage's rerun directories.
 
-Definitions (the same as the trainer's objective and the study results):
+Definitions:
 
-* Δm% of a run: seed 003 Eq. 1 via :func:`experiments.evaluation.delta_m` — per metric
-  ``(-1)^{higher is better} (M − M_ref) / |M_ref|``, averaged over a task's metrics first, then over
-  tasks, times 100 (lower is better). The reference is the run's own (see
-  :func:`analysis.runs.reference_for`).
+* Δm% of a run: :func:`experiments.evaluation.delta_m` — per metric
+  ``(-1)^{higher is better} (M − M_ref) / |M_ref|`` times 100 (lower is better), averaged either
+  ``per_task`` (a task's metrics first, then over tasks: seed 003 Eq. 1, the trainer's objective)
+  or ``per_metric`` (over all metrics at once: seeds 000 and 004). The reference is the run's own
+  (see :func:`analysis.runs.reference_for`).
+* Mean rank (MR): for every metric, the methods are ranked by their seed-mean (1 = best, ties
+  share the average rank); ``per_metric``: the mean of a method's ranks over all metrics (seeds
+  000 and 004; reproduces seed 000 Table 1), ``per_task``: the mean within each task first, then
+  over tasks (seed 003 Eq. 2).
+* Which one a table uses (``definition="auto"``): the definition of the paper its numbers are set
+  beside (:data:`PAPER_OF_BENCHMARK`), else seed 003's (the objective's); every table says which.
 * Mean ± stderr: over the seeds (runs) of a method; stderr = sample std (ddof 1) / √n, undefined
   (shown as no ± part, NaN in CSV) for a single seed.
-* Mean rank (MR): for every metric, the methods are ranked by their seed-mean (1 = best, ties
-  share the average rank); MR is the mean of a method's ranks over all metrics (seeds 000/004).
 """
 
 from __future__ import annotations
@@ -24,12 +29,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.runs import RunRecord, run_frame
+from analysis.runs import PAPER_OF_BENCHMARK, RunRecord, definition_for, run_frame  # noqa: F401 (re-exported)
 from analysis.storage import StorageRuns, runs_from_storage  # noqa: F401  (re-exported: analysis.tables.runs_from_storage)
 from experiments import rundir
 from experiments.benchmarks import MetricSpec
+from experiments.evaluation import DELTA_M_DEFINITIONS, PER_METRIC, PER_TASK, check_definition
 
 PM = "\u00b1"
+#: how each mean-rank definition is cited in tables
+MEAN_RANK_DEFINITIONS: dict[str, str] = {
+    PER_METRIC: "mean rank over all metrics (seeds 000 and 004)",
+    PER_TASK: "mean rank within each task first, then over tasks (seed 003 Eq. 2)",
+}
 
 
 def mean_se(values: Sequence[float]) -> tuple[float, float]:
@@ -41,19 +52,26 @@ def mean_se(values: Sequence[float]) -> tuple[float, float]:
     return float(arr.mean()), se
 
 
-def mean_rank(means: pd.DataFrame, specs: Sequence[MetricSpec]) -> pd.Series:
-    """Mean over metrics of each method's rank (rows of ``means``: methods; columns: metric names)."""
-    ranks = []
-    for s in specs:
-        ranks.append(means[s.name].rank(ascending=not s.higher_is_better, method="average"))
-    return pd.concat(ranks, axis=1).mean(axis=1)
+def mean_rank(means: pd.DataFrame, specs: Sequence[MetricSpec], definition: str = PER_METRIC) -> pd.Series:
+    """Each method's mean rank (rows of ``means``: methods; columns: metric names): the mean of
+    its per-metric ranks over all metrics (``per_metric``, seeds 000/004) or within each task
+    first, then over tasks (``per_task``, seed 003 Eq. 2)."""
+    check_definition(definition)
+    ranks = pd.concat([means[s.name].rank(ascending=not s.higher_is_better, method="average") for s in specs],
+                      axis=1, keys=[s.name for s in specs])
+    if definition == PER_METRIC:
+        return ranks.mean(axis=1)
+    tasks = sorted({s.task for s in specs})
+    within = [ranks[[s.name for s in specs if s.task == t]].mean(axis=1) for t in tasks]
+    return pd.concat(within, axis=1).mean(axis=1)
 
 
-def summary_table(frame: pd.DataFrame, specs: Sequence[MetricSpec]) -> pd.DataFrame:
-    """One setting's per-run frame (see :func:`analysis.runs.run_frame`) → one row per method:
-    ``seeds``, ``delta_m_mean/_se``, ``mean_rank``, ``<metric>_mean/_se``, per-task
-    ``change_<task>_mean/_se``, ``epoch_seconds_mean/_se`` and ``time_vs_uniform`` (ratio of
-    mean epoch times, when uniform is present). Methods are sorted by Δm%."""
+def summary_table(frame: pd.DataFrame, specs: Sequence[MetricSpec], definition: str = PER_TASK) -> pd.DataFrame:
+    """One setting's per-run frame (see :func:`analysis.runs.run_frame`, whose Δm% used
+    ``definition``) → one row per method: ``seeds``, ``delta_m_mean/_se``, ``mean_rank`` (the
+    same ``definition``), ``<metric>_mean/_se``, per-task ``change_<task>_mean/_se``,
+    ``epoch_seconds_mean/_se`` and ``time_vs_uniform`` (ratio of mean epoch times, when uniform
+    is present). Methods are sorted by Δm%; ``attrs["definition"]`` is the definition used."""
     rows = []
     change_cols = [c for c in frame.columns if c.startswith("change_")]
     for method, runs in frame.groupby("method", sort=False):
@@ -63,12 +81,24 @@ def summary_table(frame: pd.DataFrame, specs: Sequence[MetricSpec]) -> pd.DataFr
         rows.append(row)
     table = pd.DataFrame(rows).set_index("method")
     means = table[[f"{s.name}_mean" for s in specs]].rename(columns=lambda c: c[: -len("_mean")])
-    table.insert(4, "mean_rank", mean_rank(means, specs))
+    table.insert(4, "mean_rank", mean_rank(means, specs, definition))
     if "uniform" in table.index and table.loc["uniform", "epoch_seconds_mean"] > 0:
         table["time_vs_uniform"] = table["epoch_seconds_mean"] / table.loc["uniform", "epoch_seconds_mean"]
     else:
         table["time_vs_uniform"] = math.nan
-    return table.sort_values("delta_m_mean", kind="stable").reset_index()
+    table = table.sort_values("delta_m_mean", kind="stable").reset_index()
+    table["definition"] = definition
+    table.attrs["definition"] = definition
+    return table
+
+
+def definition_note(definition: str, benchmark: str | None = None) -> str:
+    """One line saying which Δm% and MR definitions a table uses, and why."""
+    paper = PAPER_OF_BENCHMARK.get(benchmark or "")
+    why = (f"as in {paper[0]}, which the {benchmark} numbers are compared with" if paper and paper[1] == definition
+           else "chosen explicitly" if paper else "balancebench's validation objective")
+    return (f"Δm%: {DELTA_M_DEFINITIONS[definition]}; MR: {MEAN_RANK_DEFINITIONS[definition]} "
+            f"[definition {definition!r}, {why}].")
 
 
 def format_pm(mean: float, se: float) -> str:
@@ -121,15 +151,20 @@ def slug(setting: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", setting).strip("_") or "runs"
 
 
-def setting_tables(records: Sequence[RunRecord], reference: str = "auto") -> dict[str, tuple[pd.DataFrame, pd.DataFrame, list[MetricSpec]]]:
-    """Per setting (``benchmark[/variant]``): (per-run frame, summary table, metric specs)."""
-    frame = run_frame(records, reference)
+def setting_tables(records: Sequence[RunRecord], reference: str = "auto", definition: str = "auto"
+                   ) -> dict[str, tuple[pd.DataFrame, pd.DataFrame, list[MetricSpec]]]:
+    """Per setting (``benchmark[/variant]``): (per-run frame, summary table, metric specs).
+    ``definition``: ``auto`` (per benchmark, :func:`analysis.runs.definition_for`), ``per_task``
+    or ``per_metric``; the summary's ``attrs`` hold it and the benchmark."""
+    frame = run_frame(records, reference, definition=definition)
     specs_of = {r.setting: r.specs for r in records}
     out = {}
     for setting, runs in frame.groupby("setting", sort=True):
         specs = specs_of[setting]
         runs = runs.dropna(axis=1, how="all")
-        out[setting] = (runs, summary_table(runs, specs), specs)
+        table = summary_table(runs, specs, str(runs["delta_m_definition"].iloc[0]))
+        table.attrs["benchmark"] = str(runs["benchmark"].iloc[0])
+        out[setting] = (runs, table, specs)
     return out
 
 
@@ -140,10 +175,11 @@ def write_tables(tables: dict[str, tuple[pd.DataFrame, pd.DataFrame, list[Metric
     for setting, (runs, table, specs) in tables.items():
         name = slug(setting)
         shown = display_table(table, specs)
+        note = definition_note(table.attrs.get("definition", PER_TASK), table.attrs.get("benchmark"))
         files = {"md": folder / f"{name}.md", "tex": folder / f"{name}.tex", "csv": folder / f"{name}.csv",
                  "runs": folder / f"{name}_runs.csv"}
-        rundir.atomic_write_text(files["md"], shown.to_markdown(index=False) + "\n")
-        rundir.atomic_write_text(files["tex"], to_latex(shown, caption=f"{setting}: mean {PM} standard error over seeds"))
+        rundir.atomic_write_text(files["md"], f"{note}\n\n" + shown.to_markdown(index=False) + "\n")
+        rundir.atomic_write_text(files["tex"], to_latex(shown, caption=f"{setting}: mean {PM} standard error over seeds. {note}"))
         rundir.write_table(files["csv"], table)
         rundir.write_table(files["runs"], runs)
         written[setting] = files

@@ -1,13 +1,23 @@
 """Fixed task weights extracted from a balancer's runs (seed 003 §3.5).
 
-For each run, the effective weights logged in ``steps.csv`` are averaged per epoch and normalised
-to sum 1; the per-epoch weights are averaged across the runs; an exponential moving average runs
-over the epochs from the first one::
+Input: the exact per-epoch mean effective weights ``weight_<task>`` of ``metrics.csv`` (the mean
+over every training step of the epoch; rows ``epoch >= 1``, every epoch). ``steps.csv`` is not
+used: it holds only every ``log_every``-th step, so epochs without a logged step would vanish and
+the others would be subsampled.
+
+Per run, each epoch's mean weights are normalised to sum 1; the per-epoch weights are averaged
+across the runs (over the runs that reached each epoch); an exponential moving average runs over
+the epochs from the first one::
 
     m_1 = w_1,    m_e = ema * m_{e-1} + (1 - ema) * w_e
 
-and the last value, renormalised to sum 1, is the extracted weight vector (seed 003 used
-``ema = 0.9``). Any balancer's runs work: the weights are the logged ``d loss / d loss_i``.
+and the last value, renormalised to sum 1, is the extracted weight vector. This is the
+convention of Gama & Grassi's code (``supervised_experiments/evaluation/show_weights.py`` in
+Gabriel-SGama/UnitScal_vs_SMTOs @ 45800c5): per-epoch means over every iteration, each
+normalised to sum 1, the average starting at the first epoch's value, momentum 0.9, every
+training epoch, the last value renormalised. They extracted from one run (``n_runs 1``); with
+several runs we average the runs' per-epoch weights first (identical for one run). Any
+balancer's runs work: the weights are the logged ``d loss / d loss_i``.
 """
 
 from __future__ import annotations
@@ -25,11 +35,13 @@ from experiments.errors import UserError
 
 WEIGHTS_JSON = "weights.json"
 WEIGHTS_PNG = "weights.png"
+#: where the per-epoch weights come from (stored with them, so older records can be told apart)
+SOURCE_TABLE = rundir.METRICS
 
 
 @dataclass(frozen=True)
 class EpochWeights:
-    """One run's per-epoch mean effective weights, each row normalised to sum 1."""
+    """One run's per-epoch mean effective weights (epochs 1..E), each row normalised to sum 1."""
 
     tasks: list[str]
     epochs: list[int]
@@ -37,7 +49,7 @@ class EpochWeights:
     source: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"tasks": self.tasks, "epochs": self.epochs, "weights": self.weights}
+        return {"tasks": self.tasks, "epochs": self.epochs, "weights": self.weights, "table": SOURCE_TABLE}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "") -> EpochWeights:
@@ -46,32 +58,55 @@ class EpochWeights:
 
 
 def epoch_weights(run_dir: str | Path) -> EpochWeights:
-    """Per-epoch mean effective weights of a run directory (missing/corrupt → one-line UserError)."""
+    """Per-epoch mean effective weights of a run directory, from ``metrics.csv`` (every trained
+    epoch). A missing run, table, column or epoch is a one-line UserError."""
     run_dir = Path(run_dir)
     summary = rundir.read_summary(run_dir)
-    steps = rundir.read_table(run_dir, rundir.STEPS)
-    columns = [c for c in steps.columns if str(c).startswith("weight_")]
-    if "epoch" not in steps.columns or not columns:
-        raise UserError(f"corrupt {rundir.STEPS} in {run_dir}: needs an epoch column and weight_<task> columns")
+    metrics = rundir.read_table(run_dir, rundir.METRICS)
+    where = f"{rundir.METRICS} in {run_dir}"
+    columns = [c for c in metrics.columns if str(c).startswith("weight_")]
+    if "epoch" not in metrics.columns or not columns:
+        raise UserError(f"{where} has no epoch and weight_<task> columns (the per-epoch mean weights)")
     tasks = [c[len("weight_"):] for c in columns]
     order = summary.get("tasks") if isinstance(summary, dict) else None
     if isinstance(order, list) and sorted(order) == sorted(tasks):
         tasks, columns = list(order), [f"weight_{t}" for t in order]
     try:
-        frame = steps[["epoch", *columns]].astype(float)
+        frame = metrics[["epoch", *columns]].astype(float)
     except (TypeError, ValueError) as exc:
-        raise UserError(f"corrupt {rundir.STEPS} in {run_dir}: {exc}") from None
+        raise UserError(f"corrupt {where}: {exc}") from None
+    frame = frame[frame["epoch"] >= 1]  # epoch 0 is the untrained model: no weights
     if frame.empty:
-        raise UserError(f"{rundir.STEPS} in {run_dir} has no logged steps")
+        raise UserError(f"{where} has no trained epoch (epoch >= 1)")
     if not np.isfinite(frame.to_numpy()).all():
-        raise UserError(f"corrupt {rundir.STEPS} in {run_dir}: non-finite epochs or weights")
-    means = frame.groupby("epoch", sort=True)[columns].mean()
+        raise UserError(f"corrupt {where}: non-finite epochs or weights in trained epochs")
+    epochs = [int(e) for e in frame["epoch"]]
+    if epochs != list(range(1, len(epochs) + 1)):
+        missing = sorted(set(range(1, max(epochs) + 1)) - set(epochs))
+        raise UserError(f"corrupt {where}: trained epochs must be 1..E once each (missing {missing or 'none'}, "
+                        f"got {len(epochs)} rows)")
+    means = frame.set_index("epoch")[columns]
     sums = means.sum(axis=1)
     if (sums <= 0).any():
         bad = int(sums[sums <= 0].index[0])
-        raise UserError(f"{run_dir}: the mean weights of epoch {bad} do not sum to a positive number")
+        raise UserError(f"{where}: the mean weights of epoch {bad} do not sum to a positive number")
     normalised = means.div(sums, axis=0)
-    return EpochWeights(tasks, [int(e) for e in normalised.index], normalised.to_numpy().tolist(), str(run_dir))
+    return EpochWeights(tasks, epochs, normalised.to_numpy().tolist(), str(run_dir))
+
+
+def recorded_epoch_weights(record: dict[str, Any], label: str) -> EpochWeights:
+    """A study rerun's per-epoch weights from its stored record (``epoch_weights``, read from its
+    metrics.csv when it finished, or ``epoch_weights_error``). A record of an older version
+    (steps.csv weights) is read again from its ``run_dir``. Missing: a UserError naming ``label``."""
+    stored = record.get("epoch_weights")
+    if stored and stored.get("table") == SOURCE_TABLE:
+        return EpochWeights.from_dict(stored, record.get("run_dir", ""))
+    if stored is None and record.get("epoch_weights_error"):
+        raise UserError(f"{label}: {record['epoch_weights_error']}")
+    try:
+        return epoch_weights(record.get("run_dir") or "<no run_dir recorded>")
+    except UserError as exc:
+        raise UserError(f"{label}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -88,8 +123,10 @@ class ExtractedWeights:
     def to_dict(self) -> dict[str, Any]:
         return {
             "weights": self.weights, "tasks": self.tasks, "ema": self.ema, "source_runs": self.sources,
-            "method": "per-epoch mean effective weights, normalised to sum 1, averaged across runs; "
-                      "EMA over epochs from the first (m_1 = w_1); last value renormalised (seed 003 §3.5)",
+            "method": "per-epoch mean effective weights (metrics.csv, every epoch >= 1), normalised to sum 1, "
+                      "averaged across runs; EMA over epochs from the first (m_1 = w_1, "
+                      "m_e = ema m_{e-1} + (1 - ema) w_e); last value renormalised (seed 003 §3.5; "
+                      "Gama & Grassi's show_weights.py)",
             "epochs": [int(e) for e in self.per_epoch.index],
             "per_epoch": self.per_epoch.to_numpy().tolist(),
             "ema_trajectory": self.trajectory.to_numpy().tolist(),

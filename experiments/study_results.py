@@ -41,6 +41,8 @@ class MethodData:
     counted: list[FrozenTrial] = field(default_factory=list)
     #: trials created past the budget by a concurrent worker (storages without an exact lock)
     over_budget: int = 0
+    #: why a requested method has no reruns (a derived method whose weights could not be extracted)
+    reason: str = ""
 
 
 def _trials(storage: BaseStorage, study: Any) -> list[FrozenTrial]:
@@ -54,7 +56,7 @@ def _best(trials: list[FrozenTrial]) -> FrozenTrial | None:
 
 def collect(storage: BaseStorage, group: str | None, label: str) -> tuple[str, list[MethodData], list[dict[str, Any]]]:
     """(group, per-method data in study order, metric specs) of one study group in ``storage``."""
-    studies = [s for s in storage.get_all_studies() if s.user_attrs.get("kind") in ("search", "rerun")
+    studies = [s for s in storage.get_all_studies() if s.user_attrs.get("kind") in ("search", "rerun", "derived")
                and s.direction == StudyDirection.MINIMIZE]
     groups = sorted({s.user_attrs.get("group") for s in studies})
     if not groups:
@@ -86,16 +88,36 @@ def collect(storage: BaseStorage, group: str | None, label: str) -> tuple[str, l
         out.append(MethodData(method, budget, within, len(failed_out) - over, best,
                               _trials(storage, rerun) if rerun else [], dict(rerun.user_attrs) if rerun else {},
                               counted, over))
-    searched = {m.method for m in out}
+    out += _derived(storage, mine, reruns, best_of, {m.method for m in out})
+    if not any(t.state.is_finished() for m in out for t in m.search + m.reruns):
+        raise UserError(f"study {group!r} in storage {label} has no finished trial yet")
+    return group, out, specs
+
+
+def _derived(storage: BaseStorage, mine: list[Any], reruns: dict[str, Any], best_of: dict[str, int],
+             searched: set[str]) -> list[MethodData]:
+    """Derived methods (``fixed_from_X``): the reruns on weights extracted from X's best trial's
+    reruns. Every derived method the study declared (a ``derived`` record) is listed, with the
+    reason when it has no reruns; storages without records list those that have reruns."""
+    out: dict[str, MethodData] = {}
     for study in reruns.values():
         attrs = study.user_attrs
         source = attrs.get("source_method")
         if attrs["method"] in searched or source is None or best_of.get(source) != attrs.get("source_trial"):
             continue
-        out.append(MethodData(attrs["method"], None, [], 0, None, _trials(storage, study), dict(attrs)))
-    if not any(t.state.is_finished() for m in out for t in m.search + m.reruns):
-        raise UserError(f"study {group!r} in storage {label} has no finished trial yet")
-    return group, out, specs
+        out[attrs["method"]] = MethodData(attrs["method"], None, [], 0, None, _trials(storage, study), dict(attrs))
+    declared = [s.user_attrs for s in mine if s.user_attrs["kind"] == "derived"]
+    for attrs in declared:
+        method, source = attrs["method"], attrs.get("source_method")
+        if method in out:
+            continue
+        reason = attrs.get("unavailable")
+        if reason in (None, "pending"):  # extracted (its reruns not created yet) or not reached yet
+            reason = f"not trained yet: waits for {source}'s search and reruns"
+        out[method] = MethodData(method, None, [], 0, None, [], {"source_method": source,
+                                                                 "seeds": attrs.get("seeds", [])}, reason=reason)
+    order = [a["method"] for a in declared]
+    return sorted(out.values(), key=lambda m: order.index(m.method) if m.method in order else len(order))
 
 
 def _mean_se(values: list[float]) -> tuple[float, float]:
@@ -124,7 +146,10 @@ def _failures(trials: list[FrozenTrial]) -> str:
 def _row(m: MethodData, specs: list[dict[str, Any]]) -> dict[str, Any]:
     done = [t for t in m.reruns if t.state == TrialState.COMPLETE]
     row: dict[str, Any] = {"method": m.method}
-    if m.budget is None:
+    if m.budget is None and m.reason:
+        row.update(budget=0, complete=0, pruned=0, failed=0, requeued=0, search_epochs=0, search_wall_s=0.0,
+                   best_trial=None, best_params="", best_val_delta_m=math.nan, note=f"no result: {m.reason}")
+    elif m.budget is None:
         source, k = m.rerun_attrs.get("source_method"), m.rerun_attrs.get("source_trial")
         row.update(budget=0, complete=0, pruned=0, failed=0, requeued=0, search_epochs=0, search_wall_s=0.0,
                    best_trial=None, best_params=json.dumps(m.rerun_attrs.get("params", {}), sort_keys=True),
@@ -201,8 +226,13 @@ def display_table(results: pd.DataFrame, pm: str = f" {PM} ") -> pd.DataFrame:
                "seeds": r["seeds"], "test Δm%": fmt(r["test_delta_m_mean"], r["test_delta_m_se"])}
         for name in results.attrs.get("metrics", []):
             row[f"test {name}"] = fmt(r[f"test_{name}_mean"], r[f"test_{name}_se"])
+        # a requested method without a number says why (failed trials or reruns, no weights, ...)
+        row["why no number"] = (r["note"] or "no completed rerun") if not math.isfinite(r["test_delta_m_mean"]) else ""
         rows.append(row)
-    return pd.DataFrame(rows)
+    shown = pd.DataFrame(rows)
+    if shown.empty or shown["why no number"].astype(bool).any():
+        return shown
+    return shown.drop(columns="why no number")
 
 
 def _compact(params: str) -> str:
@@ -227,7 +257,8 @@ def render(results: pd.DataFrame, fmt: str = "md") -> str:
     if fmt != "md":
         raise UserError(f"unknown format {fmt!r}; valid: md, csv, latex")
     head = (f"Study `{results.attrs.get('group')}` (storage {results.attrs.get('storage')}): test metrics are "
-            f"mean {PM} standard error over the rerun seeds of each method's best configuration.\n\n")
+            f"mean {PM} standard error over the rerun seeds of each method's best configuration; Δm%: metrics "
+            "averaged within each task first, then over tasks (seed 003 Eq. 1, the search objective's).\n\n")
     return (head + display_table(results).to_markdown(index=False) + "\n\nBudget (the same for every searched "
             "method; failed and pruned trials count; requeued = killed/interrupted trials re-run with the same "
             "parameters, not counted):\n\n" + budget.to_markdown(index=False) + "\n")

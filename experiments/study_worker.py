@@ -83,6 +83,8 @@ class Worker:
 
     # ----------------------------------------------------------------------------- driver
     def run(self) -> None:
+        for method, source in self.plan.derived.items():  # listed in results from the start
+            self._derived_record(method, source)
         for method in self.plan.searched:
             self._source_best(method)
         pending = list(self.plan.methods)
@@ -167,7 +169,10 @@ class Worker:
         if state != "done":
             return state
         if best is None:
-            self._say_once(f"[{method}] no completed search trial of {source}: no reruns")
+            reason = f"no completed search trial of {source}: no reruns"
+            if method in plan.derived:
+                return self._unavailable(method, source, f"nothing to extract weights from ({reason})")
+            self._say_once(f"[{method}] {reason}")
             return "done"
         if method in plan.derived:
             return self._derived_step(method, source, best)
@@ -177,20 +182,25 @@ class Worker:
         return self._claim(study, len(study.user_attrs["seeds"]), objective)
 
     def _derived_step(self, method: str, source: str, best: FrozenTrial) -> str:
-        from experiments.extract import WEIGHTS_JSON, EpochWeights, ema_extract
+        from experiments.extract import WEIGHTS_JSON, ema_extract, recorded_epoch_weights
 
         plan = self.plan
         state = self._rerun_step(source)
         if state != "done":
             return state
         trials = self._load(plan.rerun_study_name(source, best.number), pruned=False).get_trials(deepcopy=False)
-        runs = [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("epoch_weights")]
+        runs = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.params["seed"])
         if not runs:
-            self._say_once(f"[{method}] no completed rerun of {source} to extract weights from")
-            return "done"
-        runs.sort(key=lambda t: t.params["seed"])
-        tables = [EpochWeights.from_dict(t.user_attrs["epoch_weights"], t.user_attrs.get("run_dir", "")) for t in runs]
-        extracted = ema_extract(tables, plan.cfg.ema)
+            why = "; ".join(f"seed {t.params.get('seed')}: {t.user_attrs.get('failure_kind') or t.state.name.lower()}"
+                            for t in trials) or "none ran"
+            return self._unavailable(method, source,
+                                     f"no completed rerun of {source} trial {best.number} to extract weights from ({why})")
+        try:
+            extracted = ema_extract([recorded_epoch_weights(t.user_attrs, f"seed {t.params['seed']}")
+                                     for t in runs], plan.cfg.ema)
+        except UserError as exc:
+            return self._unavailable(method, source, f"cannot extract weights from {source}'s reruns: {exc}")
+        self._derived_record(method, source, best.number, None)
         extra = {"weights": extracted.weights, "weights_tasks": extracted.tasks,
                  "weights_source_runs": extracted.sources, "ema": plan.cfg.ema, "source_method": source}
         shared = plan.shared_values(best.params)
@@ -202,6 +212,29 @@ class Worker:
         objective = functools.partial(self._rerun_objective, method, "fixed", best.number, shared,
                                       {"weights": weights})
         return self._claim(study, len(study.user_attrs["seeds"]), objective)
+
+    def _derived_record(self, method: str, source: str, source_trial: int | None = None,
+                        reason: str | None = "pending") -> None:
+        """The storage's record of a derived method (kind ``derived``), so that the results list
+        it whatever happens: ``unavailable`` says why it has no reruns (None once extracted)."""
+        with self.lock:
+            study = optuna.create_study(study_name=self.plan.study_name(method), storage=self.storage,
+                                        direction="minimize", load_if_exists=True)
+            attrs, new = study.user_attrs, {"source_trial": source_trial, "unavailable": reason}
+            if attrs.get("kind") is None:
+                new.update(kind="derived", group=self.plan.group, method=method, source_method=source,
+                           seeds=list(self.plan.cfg.rerun_seeds))
+            elif reason == "pending":
+                return  # created before: keep what it says
+            for key, value in new.items():
+                if attrs.get(key, ...) != value:
+                    study.set_user_attr(key, value)
+
+    def _unavailable(self, method: str, source: str, reason: str) -> str:
+        """A derived method that cannot be trained: one line, and the reason in the storage."""
+        self._derived_record(method, source, None, reason)
+        self._say_once(f"[{method}] not trained: {reason}")
+        return "done"
 
     def _say_once(self, msg: str) -> None:
         if msg not in self._said:
@@ -266,8 +299,10 @@ class Worker:
         trial.set_user_attr("test_delta_m", value if value is None or math.isfinite(value) else None)
         try:
             trial.set_user_attr("epoch_weights", epoch_weights(run_dir).to_dict())
-        except UserError:
-            trial.set_user_attr("epoch_weights", None)  # no steps logged (log_every > steps)
+            trial.set_user_attr("epoch_weights_error", None)
+        except UserError as exc:  # kept with the trial: fixed_from_<method> reports it
+            trial.set_user_attr("epoch_weights", None)
+            trial.set_user_attr("epoch_weights_error", str(exc))
 
     # ----------------------------------------------------------------------------- training
     def _train(self, trial: Trial, cfg: RunConfig, run_dir: Path, on_epoch: Callable[[int, float], None],

@@ -230,11 +230,14 @@ class Trainer:
 
     # -------------------------------------------------------------------------- evaluation
     def evaluate_splits(self) -> dict[str, float]:
+        # each pass on its own seeded random streams (isolated_rng): evaluation cannot change training
         row: dict[str, float] = {}
-        val = evaluate(self.model, self.bench, self.val_loader, self.device, self.precision.autocast_dtype)
+        val = evaluate(self.model, self.bench, self.val_loader, self.device, self.precision.autocast_dtype,
+                       seed=self.cfg.seed)
         row.update({f"val_{k}": v for k, v in val.items()})
         if self.cfg.train.evaluate_test:
-            test = evaluate(self.model, self.bench, self.test_loader, self.device, self.precision.autocast_dtype)
+            test = evaluate(self.model, self.bench, self.test_loader, self.device, self.precision.autocast_dtype,
+                       seed=self.cfg.seed)
             row.update({f"test_{k}": v for k, v in test.items()})
         if self.reference is None:
             self.reference, self.reference_kind = self._reference(val)
