@@ -137,6 +137,9 @@ class ClaimRuns:
         single-task runs) only an existing file under ``out/<scale>/stl/<setting>`` is used."""
         from experiments.stl import REFERENCE_FILE, train_stl_references
 
+        # single-task references select on their own task: a setting that differs only in its
+        # objective_tasks (F8's main task) shares them
+        extra = {k: v for k, v in (extra or {}).items() if k != "objective_tasks"} or None
         folder = self.root / "stl" / _setting(config, variant, extra)
         if (folder / REFERENCE_FILE).is_file():
             return folder / REFERENCE_FILE
@@ -203,7 +206,10 @@ def _setting(config: str, variant: str | None, extra: dict[str, Any] | None) -> 
 
 def extra_name(extra: dict[str, Any] | None) -> str:
     options = (extra or {}).get("benchmark", {}).get("options", {})
-    return "_".join(f"{k}{v}" for k, v in sorted(options.items())) or "custom"
+    parts = [f"{k}{v}" for k, v in sorted(options.items())]
+    if (extra or {}).get("objective_tasks"):
+        parts.append("main_" + "_".join(extra["objective_tasks"]))  # type: ignore[index]
+    return "_".join(parts) or "custom"
 
 
 #: final statuses: such a run is reused as it is (a diverged run diverges again when re-run)

@@ -60,6 +60,16 @@ class StudyPlan:
         return self.searched + [m for m in self.cfg.methods if m in self.derived]
 
     @property
+    def objective_metric_specs(self) -> list[dict[str, Any]]:
+        """The metrics of the validation objective's tasks (run config ``objective_tasks``; all when
+        None): the test Δm% of the reruns is taken over the same metrics."""
+        wanted = self.base.objective_tasks
+        if wanted is None:
+            return self.metric_specs
+        index = {self.tasks.index(t) for t in wanted}
+        return [s for s in self.metric_specs if s["task"] in index]
+
+    @property
     def protocol_hash(self) -> str:
         return protocol_hash(self.protocol)
 
@@ -168,6 +178,9 @@ def make_plan(cfg: StudyConfig) -> StudyPlan:
         bench = create_benchmark(base.benchmark.name, base.benchmark.variant, **base.benchmark.options)
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    unknown = sorted(set(base.objective_tasks or []) - set(bench.task_names))
+    if unknown:
+        raise ConfigError(f"objective_tasks: unknown task(s) {unknown}; valid: {bench.task_names}")
     model_options = inspect.signature(type(bench).build_model).parameters
     group = group_name(cfg, bench.name, bench.variant)
 
@@ -224,7 +237,7 @@ def make_plan(cfg: StudyConfig) -> StudyPlan:
         "shared_space": {name: {**spec.as_dict(), "path": paths[name]} for name, spec in shared.items()},
         "dropped_parameters": dropped,
         "sampler": asdict(cfg.sampler), "pruner": asdict(cfg.pruner), "epochs": base.train.epochs,
-        "objective": f"validation Δm% (lower is better; reference: {base.reference})", "direction": "minimize",
+        "objective": _objective_text(base), "direction": "minimize",
         # the budget and what the table compares: fixed for the life of the study
         "n_trials": cfg.n_trials, "methods": sorted(set(cfg.methods)), "rerun_seeds": sorted(cfg.rerun_seeds),
         "ema": cfg.ema,
@@ -238,6 +251,12 @@ def make_plan(cfg: StudyConfig) -> StudyPlan:
     for method in searched:  # every method's first trial must make a valid run config
         plan.run_config(method, first[method], fixed[method], base.seed, False)
     return plan
+
+
+def _objective_text(base: RunConfig) -> str:
+    """The protocol's objective; unchanged for all-task studies (their stored protocols still match)."""
+    over = f" over {', '.join(base.objective_tasks)}" if base.objective_tasks is not None else ""
+    return f"validation Δm%{over} (lower is better; reference: {base.reference})"
 
 
 def _first_trial(method: str, space: dict[str, ParamSpec], paths: dict[str, str], published: dict[str, Any],

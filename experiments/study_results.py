@@ -199,8 +199,17 @@ def results_table(storage: str | BaseStorage, group: str | None = None) -> pd.Da
         storage = open_storage(storage)
     group, methods, specs = collect(storage, group, label)
     frame = pd.DataFrame([_row(m, specs) for m in methods])
-    frame.attrs.update(group=group, storage=label, metrics=[s["name"] for s in specs])
+    frame.attrs.update(group=group, storage=label, metrics=[s["name"] for s in specs],
+                       objective=_objective(storage, group))
     return frame
+
+
+def _objective(storage: BaseStorage, group: str) -> str | None:
+    """The group's protocol objective (its test counterpart is the table's test Δm%)."""
+    for study in storage.get_all_studies():
+        if study.user_attrs.get("group") == group and study.user_attrs.get("kind") == "search":
+            return (study.user_attrs.get("protocol") or {}).get("objective")
+    return None
 
 
 BUDGET_COLUMNS = ["method", "budget", "complete", "pruned", "failed", "requeued", "search_epochs", "search_wall_s",
@@ -256,9 +265,11 @@ def render(results: pd.DataFrame, fmt: str = "md") -> str:
         return text.replace(marker, r"$\pm$").replace("Δ", r"$\Delta$")
     if fmt != "md":
         raise UserError(f"unknown format {fmt!r}; valid: md, csv, latex")
+    objective = results.attrs.get("objective")
     head = (f"Study `{results.attrs.get('group')}` (storage {results.attrs.get('storage')}): test metrics are "
             f"mean {PM} standard error over the rerun seeds of each method's best configuration; Δm%: metrics "
-            "averaged within each task first, then over tasks (seed 003 Eq. 1, the search objective's).\n\n")
+            "averaged within each task first, then over tasks (seed 003 Eq. 1, the search objective's)"
+            + (f"; test Δm% is the test counterpart of the objective, {objective}" if objective else "") + ".\n\n")
     return (head + display_table(results).to_markdown(index=False) + "\n\nBudget (the same for every searched "
             "method; failed and pruned trials count; requeued = killed/interrupted trials re-run with the same "
             "parameters, not counted):\n\n" + budget.to_markdown(index=False) + "\n")

@@ -78,7 +78,8 @@ class Worker:
                  say: Callable[[str], None] | None = None) -> None:
         self.plan, self.index, self.storage, self.lock = plan, index, storage, lock
         self.say = say or (lambda msg: None)
-        self.specs = [MetricSpec(**s) for s in plan.metric_specs]
+        #: the metrics of the objective's tasks: the reruns' test Δm% is over these
+        self.specs = [MetricSpec(**s) for s in plan.objective_metric_specs]
         self._said: set[str] = set()
 
     # ----------------------------------------------------------------------------- driver

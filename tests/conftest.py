@@ -44,7 +44,7 @@ REQUIRED_HPARAMS: dict[str, Callable[[int], dict[str, Any]]] = {
 EXTRA_HPARAMS: dict[str, list[dict[str, Any]]] = {
     "famo": [{"update": "lagged"}],
     "rlw": [{"distribution": "dirichlet"}],
-    "marigold": [{"variant": "fused"}],
+    "marigold": [{"variant": "fused"}, {"objective": "auxiliary", "main_tasks": [0]}],
 }
 #: Per-task hyperparameters: a permutation of the tasks permutes them as well.
 PER_TASK_HPARAMS = ("weights", "min_losses")

@@ -115,7 +115,7 @@ def test_f6_prop_6_holds_numerically_and_the_control_moves() -> None:
 
 
 def test_unknown_claim_ids_are_user_errors(capsys) -> None:
-    assert [c.id for c in select(None)] == ["F1", "F2", "F3", "F4", "F5", "F6", "F7"] == list(CLAIMS)
+    assert [c.id for c in select(None)] == ["F1", "F2", "F3", "F4", "F5", "F6", "F7", "F8"] == list(CLAIMS)
     assert [c.id for c in select("f6, F2")] == ["F6", "F2"]
     with pytest.raises(UserError, match="unknown claim id"):
         select("F9")
@@ -124,13 +124,13 @@ def test_unknown_claim_ids_are_user_errors(capsys) -> None:
 
 
 @pytest.mark.slow
-def test_claims_tiny_prints_all_seven_rows_with_numbers(toy_runs, tmp_path: Path, capsys) -> None:
+def test_claims_tiny_prints_all_eight_rows_with_numbers(toy_runs, tmp_path: Path, capsys) -> None:
     _, toy_dir = toy_runs
     code = main(["claims", "--scale", "tiny", "--out", str(tmp_path), "--toy-dir", str(toy_dir), "--quiet"])
     assert code == 0
     printed = capsys.readouterr().out
     rows = {r.split("|")[1].strip(): r for r in printed.splitlines() if re.match(r"\|\s*F\d\s*\|", r)}
-    assert list(rows) == ["F1", "F2", "F3", "F4", "F5", "F6", "F7"]
+    assert list(rows) == ["F1", "F2", "F3", "F4", "F5", "F6", "F7", "F8"]
     table = pd.read_csv(tmp_path / "tiny" / "claims.csv").set_index("id")
     assert list(table.columns) == ["claim", "source", "verdict", "seeds_per_group", "test", "p_value", "measured"]
     assert set(table["verdict"]) <= {SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE}
@@ -139,7 +139,7 @@ def test_claims_tiny_prints_all_seven_rows_with_numbers(toy_runs, tmp_path: Path
         assert row["test"] and row["source"].startswith("seed 00")
     assert table.loc["F1", "verdict"] == SUPPORTED  # the toy fixture: FAMO 5/5, uniform fails
     assert table.loc["F6", "verdict"] == SUPPORTED
-    for claim_id in ("F2", "F3", "F4", "F7"):  # two seeds at tiny scale: too few for a seed-level test
+    for claim_id in ("F2", "F3", "F4", "F7", "F8"):  # two seeds at tiny scale: too few for a seed-level test
         assert table.loc[claim_id, "verdict"] == INCONCLUSIVE and "too few seeds" in rows[claim_id]
         assert str(table.loc[claim_id, "seeds_per_group"]) == "2" and pd.isna(table.loc[claim_id, "p_value"])
     # a second call reuses every finished run (and F7's timing) and answers the same
@@ -196,6 +196,45 @@ def test_f3_decides_its_parts_with_holm(tmp_path: Path) -> None:
     assert "marigold weights near 0.5: not supported (max |epoch weight − 0.5| of marigold = 0.2" in verdict.reason
     assert "FAMO unstable on CL_CR: inconclusive after Holm (zero variance in both groups" in verdict.reason
     assert verdict.verdict == NOT_SUPPORTED and "marigold max|w−0.5| 0.2" in measured
+
+
+def f8_runs(root: Path, accuracy: dict[str, list[float]]) -> FakeRuns:
+    """Hand-made runs (tests.analysis.helpers) whose test left-digit accuracy is given per label;
+    their last epoch's second-task weight is 0.7 (0.5 for uniform)."""
+    dirs = {(label, s): make_run(root / label, label, s, acc, 0.2, 1.0)
+            for label, values in accuracy.items() for s, acc in enumerate(values)}
+    return FakeRuns(dirs, tuple(range(len(accuracy["uniform"]))))
+
+
+def test_f8_compares_the_main_task_paired_with_uniform_and_the_main_task_alone(tmp_path: Path) -> None:
+    accuracy = {"marigold_auxiliary": [0.60, 0.62, 0.58, 0.61, 0.63], "uniform": [0.55, 0.58, 0.52, 0.57, 0.58],
+                "fixed_main_only": [0.50, 0.49, 0.51, 0.52, 0.50]}
+    runs = f8_runs(tmp_path, accuracy)
+    measured, seeds, verdict = claim_checks.check_f8(runs)
+    assert verdict.verdict == SUPPORTED, verdict.reason
+    assert "Holm over 2 tested parts" in verdict.test and seeds.startswith("5 ")
+    assert "marigold auxiliary 0.608" in measured and "uniform 0.56" in measured and "fixed [1, 0] 0.504" in measured
+    assert "auxiliary weight 0.7" in measured and "0.08%" in measured
+    asked = {label: kw for label, _, kw in runs.asked}
+    assert asked["marigold"]["hparams"] == {"objective": "auxiliary", "main_tasks": [0]}
+    assert asked["marigold"]["name"] == "marigold_auxiliary" and asked["fixed"]["hparams"] == {"weights": [1.0, 0.0]}
+    assert all(kw["extra"] == {"objective_tasks": ["left_cls"]} and kw["variant"] == "CL_CR" for kw in asked.values())
+    # the auxiliary task hurts: MARIGOLD below the main task alone refutes the claim
+    worse = {**accuracy, "fixed_main_only": [a + 0.1 + 0.01 * (i % 2) for i, a in enumerate(accuracy["marigold_auxiliary"])]}
+    refuted = claim_checks.check_f8(f8_runs(tmp_path / "worse", worse))[2]
+    assert refuted.verdict == NOT_SUPPORTED and "better than the main task alone: not supported" in refuted.reason
+
+
+def test_f8_setting_has_its_own_runs_but_shares_the_single_task_references(tmp_path: Path) -> None:
+    from analysis.claim_runs import _setting
+    from experiments.stl import REFERENCE_FILE
+
+    assert _setting("multimnist", "CL_CR", claim_checks.AUX_EXTRA) == "multimnist-CL_CR-main_left_cls"
+    shared = tmp_path / "tiny" / "stl" / "multimnist-CL_CR" / REFERENCE_FILE
+    shared.parent.mkdir(parents=True)
+    shared.write_text("{}")
+    runs = ClaimRuns(tmp_path, "tiny", quiet=True)
+    assert runs.stl_reference("multimnist", "CL_CR", claim_checks.AUX_EXTRA) == shared  # found, nothing trained
 
 
 # ------------------------------------------------------------------------------ the sequential runner
