@@ -12,11 +12,11 @@ from typing import Any
 
 import pandas as pd
 
-from experiments import rundir
+from experiments.training import rundir
 from experiments.benchmarks import MetricSpec, create_benchmark
 from experiments.config import load_yaml
 from experiments.errors import UserError
-from experiments.evaluation import delta_m, literature_reference
+from experiments.training.evaluation import delta_m, literature_reference
 
 
 @dataclass

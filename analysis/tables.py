@@ -3,7 +3,7 @@ Markdown, LaTeX and CSV, from run directories or from a study storage's rerun di
 
 Definitions (the same as the trainer's objective and the study results):
 
-* Δm% of a run: seed 003 Eq. 1 via :func:`experiments.evaluation.delta_m` — per metric
+* Δm% of a run: seed 003 Eq. 1 via :func:`experiments.training.evaluation.delta_m` — per metric
   ``(-1)^{higher is better} (M − M_ref) / |M_ref|``, averaged over a task's metrics first, then over
   tasks, times 100 (lower is better). The reference is the run's own (see
   :func:`analysis.runs.reference_for`).
@@ -26,7 +26,7 @@ import pandas as pd
 
 from analysis.runs import RunRecord, run_frame
 from analysis.storage import StorageRuns, runs_from_storage  # noqa: F401  (re-exported: analysis.tables.runs_from_storage)
-from experiments import rundir
+from experiments.training import rundir
 from experiments.benchmarks import MetricSpec
 
 PM = "\u00b1"

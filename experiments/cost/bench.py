@@ -1,6 +1,6 @@
 """Cost benchmark: step time, peak memory, model passes and own overhead of every balancer vs K.
 
-Every measurement runs the trainer's real step, :meth:`experiments.trainer.Trainer.train_step`, on
+Every measurement runs the trainer's real step, :meth:`experiments.training.trainer.Trainer.train_step`, on
 a benchmark built from a :class:`RunConfig` (``mlp``: the synthetic K-task benchmark, whose model is
 an MLP trunk + one linear layer of K heads; ``qm9``: the QM9 MPNN with its 11 tasks). For each K,
 one trainer per balancer variant plus one uniform-loss trainer live in the same process, all
@@ -143,7 +143,7 @@ def select_variants(spec: str | None, two_point: bool = True) -> list[Variant]:
 def build_trainer(variant: Variant, k: int, model: str, device: str, options: dict[str, Any]):
     """A real :class:`Trainer` for ``variant`` with K tasks (``mlp``) or QM9's 11 tasks."""
     from experiments.config import BalancerConfig, BenchmarkConfig, RunConfig, TrainConfig
-    from experiments.trainer import Trainer
+    from experiments.training.trainer import Trainer
 
     train = TrainConfig(batch_size=options["batch_size"], device=device, progress=False, epochs=1)
     if model == "mlp":

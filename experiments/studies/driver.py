@@ -1,6 +1,6 @@
 """Fair Optuna studies of multi-task balancers: ``run_study(cfg) -> StudyOutcome``.
 
-The fairness protocol, enforced here and in :mod:`experiments.study_worker`:
+The fairness protocol, enforced here and in :mod:`experiments.studies.worker`:
 
 * one Optuna study per method, ``<group>/<method>`` with ``<group> = <benchmark>-<variant>-<scale>``,
   all in ONE storage; every study records the same ``protocol`` user attribute (run config,
@@ -8,13 +8,13 @@ The fairness protocol, enforced here and in :mod:`experiments.study_worker`:
   EMA) and its own space; reopening a study with any of them changed is a one-line error naming
   the field, its stored and its new value;
 * the same trial budget per method, counted across all workers and machines (complete + pruned +
-  failed trials; see :mod:`experiments.study_storage` for the exact lock-based count);
+  failed trials; see :mod:`experiments.studies.storage` for the exact lock-based count);
 * each method's published default configuration is enqueued as its trial 0;
 * objective: the trainer's validation Δm% (lower is better), reported per epoch to the pruner;
 * afterwards each method's best configuration within the budget is re-trained on the rerun seeds,
   and test metrics are reported as mean ± standard error; uniform loss gets exactly this;
 * ``fixed_from_X`` takes no search budget: it trains ``fixed`` with weights extracted by EMA
-  (:mod:`experiments.extract`) from X's reruns, with X's best shared hyperparameters, on the same
+  (:mod:`experiments.studies.extract`) from X's reruns, with X's best shared hyperparameters, on the same
   seeds (seed 003 §3.5 did the same).
 
 Run the same call again after an interruption: finished trials and reruns are kept, killed or
@@ -41,12 +41,12 @@ from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
 from experiments.errors import UserError, mask_url, redact
-from experiments.progress import progress_bar
-from experiments.study_config import StudyConfig
-from experiments.study_plan import StudyPlan, differences, make_plan
-from experiments.study_results import results_table, write_results
-from experiments.study_storage import BudgetLock, budget_lock, counted_trials, open_storage, quiet_optuna
-from experiments.study_worker import Worker, print_line
+from experiments.training.progress import progress_bar
+from experiments.studies.config import StudyConfig
+from experiments.studies.plan import StudyPlan, differences, make_plan
+from experiments.studies.results import results_table, write_results
+from experiments.studies.storage import BudgetLock, budget_lock, counted_trials, open_storage, quiet_optuna
+from experiments.studies.worker import Worker, print_line
 
 
 @dataclass
@@ -63,7 +63,7 @@ class StudyOutcome:
 
     @property
     def budget(self) -> pd.DataFrame:
-        from experiments.study_results import budget_table
+        from experiments.studies.results import budget_table
 
         return budget_table(self.results)
 

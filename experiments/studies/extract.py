@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from experiments import rundir
+from experiments.training import rundir
 from experiments.errors import UserError
 
 WEIGHTS_JSON = "weights.json"

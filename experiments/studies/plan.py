@@ -16,7 +16,7 @@ from typing import Any
 
 from experiments.config import RunConfig, load_run_config, run_config_from_dict, to_dict
 from experiments.errors import ConfigError, UserError
-from experiments.study_config import (
+from experiments.studies.config import (
     SHARED_PATHS,
     ParamSpec,
     StudyConfig,
@@ -24,7 +24,7 @@ from experiments.study_config import (
     balancer_hparam_names,
     split_methods,
 )
-from experiments.study_storage import default_storage_url
+from experiments.studies.storage import default_storage_url
 
 HPARAMS = "balancer.hparams."
 #: run-config keys that do not change what a trial computes (left out of the protocol)

@@ -20,9 +20,9 @@ from optuna.storages import BaseStorage
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from experiments import rundir
+from experiments.training import rundir
 from experiments.errors import UserError, mask_url
-from experiments.study_storage import budget_trials, counted_trials, open_storage
+from experiments.studies.storage import budget_trials, counted_trials, open_storage
 
 PM = "\u00b1"
 

@@ -4,7 +4,7 @@ Storage
     The default is Optuna's ``JournalStorage`` over a ``JournalFileBackend`` file
     (``results/<study>/study.journal``): an append-only log guarded by a file lock, so several
     worker processes on one machine never see "database is locked" and no server is needed. It is
-    read and appended through :mod:`experiments.study_journal` (every line checked, a torn last
+    read and appended through :mod:`experiments.studies.journal` (every line checked, a torn last
     line repaired before the next write).
     ``optuna-dashboard results/<study>/study.journal`` opens it. Any URL with ``://`` is an Optuna
     RDB URL (``sqlite:///x.db``, ``postgresql://user:pw@host/db``, ...); RDB storages run with
@@ -43,7 +43,7 @@ from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from experiments.errors import UserError, mask_url, note_secrets, redact, secrets_in
-from experiments.study_journal import open_journal
+from experiments.studies.journal import open_journal
 
 HEARTBEAT_INTERVAL = 30
 GRACE_PERIOD = 120
@@ -65,7 +65,7 @@ def _one_line(exc: BaseException, *urls: str) -> str:
 
 def open_storage(url: str, *, writer: bool = False) -> BaseStorage:
     """An Optuna storage for ``url`` (journal file path or RDB URL); errors are one-line UserErrors
-    with any password masked. A journal is checked line by line (:mod:`experiments.study_journal`);
+    with any password masked. A journal is checked line by line (:mod:`experiments.studies.journal`);
     a ``writer`` (``study``) repairs its torn last line first."""
     note_secrets(url)  # any later error line or traceback of this process masks them too
     with warnings.catch_warnings():

@@ -22,13 +22,13 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from experiments import rundir
+from experiments.training import rundir
 from experiments.config import RunConfig
 from experiments.errors import NonFiniteLossError, UserError
-from experiments.evaluation import delta_m
+from experiments.training.evaluation import delta_m
 from experiments.benchmarks.base import MetricSpec
-from experiments.study_plan import StudyPlan
-from experiments.study_storage import (
+from experiments.studies.plan import StudyPlan
+from experiments.studies.storage import (
     BudgetLock,
     counted_trials,
     reap_dead_trials,
@@ -177,7 +177,7 @@ class Worker:
         return self._claim(study, len(study.user_attrs["seeds"]), objective)
 
     def _derived_step(self, method: str, source: str, best: FrozenTrial) -> str:
-        from experiments.extract import WEIGHTS_JSON, EpochWeights, ema_extract
+        from experiments.studies.extract import WEIGHTS_JSON, EpochWeights, ema_extract
 
         plan = self.plan
         state = self._rerun_step(source)
@@ -252,7 +252,7 @@ class Worker:
         return self._objective_of(trial, summary, label)
 
     def _record_rerun(self, trial: Trial, run_dir: Path, summary: dict[str, Any]) -> None:
-        from experiments.extract import epoch_weights
+        from experiments.studies.extract import epoch_weights
 
         metrics = rundir.read_table(run_dir, rundir.METRICS)
         first = metrics[metrics["epoch"] == 0].iloc[0].to_dict() if len(metrics) else {}
@@ -272,7 +272,7 @@ class Worker:
     # ----------------------------------------------------------------------------- training
     def _train(self, trial: Trial, cfg: RunConfig, run_dir: Path, on_epoch: Callable[[int, float], None],
                resume: bool, label: str) -> dict[str, Any]:
-        from experiments.trainer import train
+        from experiments.training.trainer import train
 
         try:
             return train(cfg, run_dir, resume=resume, on_epoch=on_epoch).summary
@@ -335,7 +335,7 @@ def _record_summary(trial: Trial, summary: dict[str, Any]) -> None:
 
 def _reusable_summary(run_dir: Path, cfg: RunConfig) -> dict[str, Any] | None:
     """A finished rerun of the same config is re-used; a different config is moved aside."""
-    from experiments.trainer import load_run_dir_config
+    from experiments.training.trainer import load_run_dir_config
 
     if not (run_dir / rundir.CONFIG).is_file():
         return None

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vjp, vmap
 
-from experiments import rundir
+from experiments.training import rundir
 
 #: tasks per vmapped pullback (bounds extra memory to about CHUNK x one backward's activations)
 CHUNK = 64

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from experiments import rundir
+from experiments.training import rundir
 from experiments.config import RunConfig, config_diff, dump_yaml, load_yaml, run_config_from_dict, to_dict
 from experiments.errors import ConfigError, UserError
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from experiments import rundir
+from experiments.training import rundir
 from experiments.config import RunConfig, replace
-from experiments.trainer import train
+from experiments.training.trainer import train
 from experiments.benchmarks import create_benchmark
-from experiments.evaluation import REFERENCE_FILE
+from experiments.training.evaluation import REFERENCE_FILE
 
 
 def train_stl_references(cfg: RunConfig, out: Path) -> Path:

@@ -8,10 +8,10 @@ from typing import Any
 import pandas as pd
 import torch
 
-from experiments import rundir
+from experiments.training import rundir
 from experiments.benchmarks.toy import STARTS, pareto_distance, toy_losses
 from experiments.config import CONFIG_DIR, deep_merge, load_run_config
-from experiments.trainer import train
+from experiments.training.trainer import train
 
 #: a run "reached the Pareto front" when its final loss pair lies within this normalised distance
 #: of the numerical front (see ``pareto_distance``); stuck runs sit at distances around 1

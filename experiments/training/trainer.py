@@ -20,16 +20,16 @@ from torch import Tensor
 from torch.func import functional_call
 
 from balancers import balancer_info
-from experiments import rundir
+from experiments.training import rundir
 from experiments.benchmarks import Benchmark
 from experiments.config import RunConfig
 from experiments.errors import ConfigError, NonFiniteLossError, RunInterrupted, UserError
-from experiments.evaluation import delta_m, evaluate, literature_reference, load_reference_file
-from experiments.gradients import CosineProbe
-from experiments.parts import build_balancer, build_benchmark, build_model
-from experiments.progress import progress_bar
-from experiments.resume import check_resume, config_entry, load_run_dir_config  # noqa: F401 (re-exported)
-from experiments.runlog import RunLog
+from experiments.training.evaluation import delta_m, evaluate, literature_reference, load_reference_file
+from experiments.training.gradients import CosineProbe
+from experiments.training.parts import build_balancer, build_benchmark, build_model
+from experiments.training.progress import progress_bar
+from experiments.training.resume import check_resume, config_entry, load_run_dir_config  # noqa: F401 (re-exported)
+from experiments.training.runlog import RunLog
 
 #: ``on_epoch(epoch, val_objective)``: called after each epoch; may raise to stop (pruning).
 EpochCallback = Callable[[int, float], None]

@@ -15,7 +15,7 @@ from analysis.claim_runs import ClaimRuns
 from analysis.claims import CLAIMS, Claim, check_claim, run_claims, select
 from analysis.verdicts import ALPHA, INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, Verdict
 from tests.analysis.helpers import make_run
-from experiments.cli import main
+from balancebench.main import main
 from experiments.errors import UserError
 
 
@@ -248,5 +248,5 @@ def test_claim_runs_keep_a_diverged_run_and_reuse_it(tmp_path: Path, monkeypatch
 
     def no_training(*args: object, **kwargs: object) -> None:
         raise AssertionError("a diverged run is final: it must be reused, not re-trained")
-    monkeypatch.setattr("experiments.trainer.train", no_training)
+    monkeypatch.setattr("experiments.training.trainer.train", no_training)
     assert runs.run("synthetic", "uniform", 1, extra=blow_up) == run_dir

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from balancers import create_balancer
-from experiments.cli import main
+from balancebench.main import main
 from experiments.config import CONFIG_DIR
 
 SYNTHETIC = str(CONFIG_DIR / "synthetic.yaml")

@@ -5,7 +5,7 @@ existing run directory or study storage.
 The config fields are generated from the schema (``experiments.schema.fields``) and the free option
 mappings from the constructors' signatures, and the CLI options from the argparse parsers, so a new
 field, hyperparameter or option is covered without editing this file. Everything runs in-process
-through ``experiments.cli.main``. To stay fast, training is capped at 1 epoch of at most 2 steps
+through ``balancebench.main.main``. To stay fast, training is capped at 1 epoch of at most 2 steps
 (after the config has been validated in full), a drawn ``num_threads`` does not resize the test
 process's thread pool, and the commands whose work is long (study, demo, bench, claims, toy) stop
 where their work would begin, after their inputs have been checked (:class:`Reached`). Sizes in
@@ -37,11 +37,11 @@ from hypothesis import strategies as st
 from balancers import balancer_info, list_balancers
 from experiments.benchmarks.synthetic import SyntheticBenchmark
 from experiments.benchmarks.toy import ToyBenchmark
-from experiments.cli import _load_extra_parsers, build_parser, main
+from balancebench.main import _load_extra_parsers, build_parser, main
 from experiments.config import CONFIG_DIR, RunConfig, deep_merge
 from experiments.errors import UserError
 from experiments.schema import OneOf, Range, fields
-from experiments.trainer import Trainer
+from experiments.training.trainer import Trainer
 
 SYNTHETIC = str(CONFIG_DIR / "synthetic.yaml")
 TOY = str(CONFIG_DIR / "toy.yaml")
@@ -198,8 +198,8 @@ def harness(existing: dict[str, Path], tmp_path: Path, monkeypatch: pytest.Monke
 
     monkeypatch.setattr(Trainer, "run", capped_run)
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
-    for module, name in (("experiments.study", "run_study"), ("experiments.cost", "bench"),
-                         ("analysis.claims", "run_claims"), ("experiments.toy_runs", "run_toy")):
+    for module, name in (("experiments.studies.driver", "run_study"), ("experiments.cost.bench", "bench"),
+                         ("analysis.claims", "run_claims"), ("experiments.training.toy_runs", "run_toy")):
         monkeypatch.setattr(f"{module}.{name}", reached)
     monkeypatch.chdir(tmp_path)
     return {"existing": existing, "counter": itertools.count(), "tmp": tmp_path}

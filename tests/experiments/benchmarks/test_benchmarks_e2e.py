@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from experiments import rundir
-from experiments.cli import main
+from experiments.training import rundir
+from balancebench.main import main
 from experiments.config import CONFIG_DIR
 
 

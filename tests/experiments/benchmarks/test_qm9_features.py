@@ -13,7 +13,7 @@ import torch
 from experiments.benchmarks import create_benchmark, qm9
 from experiments.benchmarks.qm9 import QM9Benchmark
 from experiments.benchmarks.qm9.smiles_check import compare_with_smiles
-from experiments.evaluation import literature_reference
+from experiments.training.evaluation import literature_reference
 
 KCALMOL2EV = 0.04336414  # the factor PyG's QM9 applies to the SDF CSV's atomisation energies
 

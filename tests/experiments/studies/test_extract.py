@@ -8,9 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from experiments.cli import main
+from balancebench.main import main
 from experiments.errors import UserError
-from experiments.extract import EpochWeights, ema_extract, epoch_weights, extract_weights
+from experiments.studies.extract import EpochWeights, ema_extract, epoch_weights, extract_weights
 
 
 def make_run(path: Path, rows: list[tuple[int, float, float]], tasks: tuple[str, str] = ("a", "b")) -> Path:

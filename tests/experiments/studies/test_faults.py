@@ -18,9 +18,9 @@ import yaml
 from optuna.trial import TrialState
 
 from experiments.config import CONFIG_DIR
-from experiments.study import run_study
-from experiments.study_config import study_config_from_dict
-from experiments.study_storage import open_storage
+from experiments.studies.driver import run_study
+from experiments.studies.config import study_config_from_dict
+from experiments.studies.storage import open_storage
 
 GROUP = "synthetic-default-tiny"
 
@@ -77,7 +77,7 @@ def test_sigkilled_study_resumes_with_no_finished_trial_lost(tmp_path: Path) -> 
     slow = {"train": {"epochs": 4, "max_steps_per_epoch": 40, "log_every": 10, "num_threads": 1}}
     config.write_text(yaml.safe_dump(study_dict(tmp_path, overrides=slow, n_trials=4, workers=1)))
     journal = tmp_path / "results" / GROUP / "study.journal"
-    command = [sys.executable, "-m", "experiments.cli", "study", "--config", str(config), "--quiet"]
+    command = [sys.executable, "-m", "balancebench.main", "study", "--config", str(config), "--quiet"]
     proc = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     before: list = []
     deadline = time.monotonic() + 240

@@ -15,10 +15,10 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from experiments.cli import main
+from balancebench.main import main
 from experiments.config import CONFIG_DIR
-from experiments.study_journal import JournalDamaged, open_journal
-from experiments.study_storage import open_storage
+from experiments.studies.journal import JournalDamaged, open_journal
+from experiments.studies.storage import open_storage
 
 GROUP = "synthetic-default-tiny"
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,7 +40,7 @@ def pristine(tmp_path_factory) -> bytes:
     tmp = tmp_path_factory.mktemp("journal")
     config = tmp / "study.yaml"
     config.write_text(yaml.safe_dump(study_dict(tmp / "results")))
-    done = subprocess.run([sys.executable, "-m", "experiments.cli", "study", "--config", str(config), "--quiet"],
+    done = subprocess.run([sys.executable, "-m", "balancebench.main", "study", "--config", str(config), "--quiet"],
                           cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr

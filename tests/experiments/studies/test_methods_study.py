@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from balancers import list_balancers
-from experiments.study_config import load_study_config
-from experiments.study_plan import make_plan
+from experiments.studies.config import load_study_config
+from experiments.studies.plan import make_plan
 
 METHODS_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "studies" / "methods.yaml"
 

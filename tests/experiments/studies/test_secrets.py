@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from experiments.cli import main
+from balancebench.main import main
 from experiments.config import CONFIG_DIR
 from experiments.errors import mask_url, redact, secrets_in
-from experiments.study_storage import open_storage
+from experiments.studies.storage import open_storage
 
 ROOT = Path(__file__).resolve().parents[2]
 USER_PW, QUERY_PW, SSL_PW, TOKEN = "Us3r-s3cret", "Qu3ry-s3cret", "Ss1-s3cret", "T0ken-s3cret"
@@ -32,7 +32,7 @@ UNREACHABLE = [
 
 def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "experiments.cli", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "balancebench.main", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
 
 

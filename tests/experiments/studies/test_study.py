@@ -12,14 +12,14 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from experiments.cli import main
+from balancebench.main import main
 from experiments.config import CONFIG_DIR, deep_merge
 from experiments.errors import ConfigError, UserError
-from experiments.extract import ema_extract, epoch_weights
-from experiments.study import run_study
-from experiments.study_config import StudyConfig, load_study_config, study_config_from_dict
-from experiments.study_results import results_table
-from experiments.study_storage import open_storage
+from experiments.studies.extract import ema_extract, epoch_weights
+from experiments.studies.driver import run_study
+from experiments.studies.config import StudyConfig, load_study_config, study_config_from_dict
+from experiments.studies.results import results_table
+from experiments.studies.storage import open_storage
 
 GROUP = "synthetic-default-tiny"
 
@@ -213,7 +213,7 @@ def test_fixed_from_famo_trains_the_extracted_famo_weights(finished):
 
 # ------------------------------------------------------------------------ resume and faults
 def test_interrupt_and_resume_keeps_finished_trials(tmp_path, monkeypatch):
-    import experiments.trainer as trainer
+    import experiments.training.trainer as trainer
 
     cfg = study_cfg(tmp_path, methods=["uniform"], n_trials=4, rerun_seeds=[0])
     real_train, calls = trainer.train, []
@@ -254,7 +254,7 @@ def snapshot_of(trials: list) -> list[tuple]:
 
 
 def test_a_trial_that_raises_midway_is_failed_not_complete(tmp_path, monkeypatch):
-    import experiments.trainer as trainer
+    import experiments.training.trainer as trainer
 
     real_train = trainer.train
 
@@ -343,7 +343,7 @@ def test_results_on_an_empty_or_missing_storage(tmp_path, capsys):
 def test_a_dead_workers_running_trial_is_failed_and_requeued(tmp_path):
     import subprocess
 
-    from experiments.study_storage import counted_trials, reap_dead_trials
+    from experiments.studies.storage import counted_trials, reap_dead_trials
 
     storage = open_storage(str(tmp_path / "s.journal"))
     study = optuna.create_study(storage=storage, study_name="g/uniform")
@@ -390,8 +390,8 @@ def test_finished_rerun_directories_are_reused_and_stale_trial_dirs_kept(tmp_pat
 
 
 def test_demo_config_is_the_fair_default_study():
-    from experiments.demo import DEMO_CONFIG
-    from experiments.study_plan import make_plan
+    from balancebench.commands.demo import DEMO_CONFIG
+    from experiments.studies.plan import make_plan
 
     plan = make_plan(load_study_config(DEMO_CONFIG))
     assert plan.cfg.methods == ["uniform", "si", "rlw", "famo", "marigold", "fixed_from_famo"]

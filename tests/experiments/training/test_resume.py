@@ -10,11 +10,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from experiments import rundir
-from experiments.cli import main
+from experiments.training import rundir
+from balancebench.main import main
 from experiments.config import CONFIG_DIR, load_run_config
 from experiments.errors import ConfigError, RunInterrupted
-from experiments.trainer import Trainer, train
+from experiments.training.trainer import Trainer, train
 
 SYNTHETIC = str(CONFIG_DIR / "synthetic.yaml")
 SMALL = ["--set", "train.epochs=2", "--set", "train.max_steps_per_epoch=3"]

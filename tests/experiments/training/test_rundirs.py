@@ -13,17 +13,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from experiments import rundir
+from experiments.training import rundir
 from experiments.config import CONFIG_DIR, load_run_config
 from experiments.errors import UserError
-from experiments.trainer import default_run_dir
+from experiments.training.trainer import default_run_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 LRS = ["0.001", "0.002", "0.003", "0.004"]
 
 
 def _train_command(out: Path, lr: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "experiments.cli", "train", "--config", str(CONFIG_DIR / "synthetic.yaml"),
+    return [sys.executable, "-m", "balancebench.main", "train", "--config", str(CONFIG_DIR / "synthetic.yaml"),
             "--scale", "tiny", "--seed", "0", "--out", str(out), "--quiet", "--set", f"train.lr={lr}",
             "--set", "train.max_steps_per_epoch=3", "--set", "train.log_every=1", "--set", "train.num_threads=1",
             *extra]

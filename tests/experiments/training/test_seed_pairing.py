@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from experiments.config import CONFIG_DIR, load_run_config
-from experiments.trainer import Trainer
+from experiments.training.trainer import Trainer
 
 #: uniform; FAMO (learnable logits); RLW (stochastic, own generator); MARIGOLD (closure forwards)
 BALANCERS = ["uniform", "famo", "rlw", "marigold"]

@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 import torch
 
-from experiments import rundir
+from experiments.training import rundir
 from experiments.config import CONFIG_DIR, load_run_config
 from experiments.errors import ConfigError, NonFiniteLossError, UserError
-from experiments.trainer import LossClosureFactory, Trainer, train
+from experiments.training.trainer import LossClosureFactory, Trainer, train
 
 
 def synthetic_cfg(tmp_path: Path, **overrides):
@@ -161,7 +161,7 @@ def test_min_losses_from_benchmark_bounds_reach_famo(tmp_path: Path) -> None:
 
 
 def test_stl_reference_trains_one_model_per_task(tmp_path: Path) -> None:
-    from experiments.stl import train_stl_references
+    from experiments.training.stl import train_stl_references
 
     cfg = synthetic_cfg(tmp_path, train={"epochs": 1, "max_steps_per_epoch": 3})
     path = train_stl_references(cfg, tmp_path / "stl")

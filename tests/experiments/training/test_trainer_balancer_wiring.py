@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiments.cli import main
+from balancebench.main import main
 from experiments.config import CONFIG_DIR, deep_merge, load_run_config
 from experiments.errors import ConfigError
-from experiments.trainer import Trainer
+from experiments.training.trainer import Trainer
 
 
 def synthetic_cfg(tmp_path: Path, **overrides):
