@@ -1,7 +1,8 @@
 """``balancebench`` command line: parses arguments and dispatches to importable functions.
 
-This module is the composition root: commands that belong to ``analysis`` are looked up by
-module path when they run, so the training code itself never imports analysis.
+This module is the composition root, at the top of the house: it imports the command groups in
+``balancebench.commands`` (which import ``analysis`` and ``experiments``) with plain imports, and
+nothing imports it. ``main`` is the one place where errors meet the user.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
-import importlib  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 from experiments.config import CONFIG_DIR, SCALES  # noqa: F401  (CONFIG_DIR re-exported)
+from balancebench.commands import analysis, cost, demo, runs, studies  # noqa: E402  (cheap: heavy imports are inside the commands)
 from experiments.errors import UserError, os_error_line, protect_output, redact
 
 #: what Ctrl-C leaves behind, for the commands whose work is saved as it goes and continued by
@@ -32,16 +33,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"balancebench: error: {redact(message)} (see {self.prog} --help)\n")
-
-
-def _command(path: str) -> Callable[[argparse.Namespace], Any]:
-    """Import ``module:function`` lazily, so `balancebench list` stays fast."""
-
-    def run(args: argparse.Namespace) -> Any:
-        module, name = path.split(":")
-        return getattr(importlib.import_module(module), name)(args)
-
-    return run
 
 
 def _add_train(sub: Any) -> None:
@@ -58,7 +49,7 @@ def _add_train(sub: Any) -> None:
                    help="continue an interrupted run directory with the config it was trained with "
                         "(a finished run is left as it is)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_command("experiments.commands:train_command"))
+    p.set_defaults(func=runs.train_command)
 
 
 def _add_stl(sub: Any) -> None:
@@ -69,7 +60,7 @@ def _add_stl(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--out", default=None, help="output directory (default: runs/stl_<benchmark>)")
     p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=_command("experiments.commands:stl_command"))
+    p.set_defaults(func=runs.stl_command)
 
 
 def _add_toy(sub: Any) -> None:
@@ -80,7 +71,7 @@ def _add_toy(sub: Any) -> None:
     p.add_argument("--out", default="runs/toy")
     p.add_argument("--workers", type=int, default=1, help="parallel processes (one run each)")
     p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=_command("experiments.commands:toy_command"))
+    p.set_defaults(func=runs.toy_command)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("list", help="registered balancers, benchmarks and variants")
-    p.set_defaults(func=_command("experiments.commands:list_command"))
+    p.set_defaults(func=runs.list_command)
     _add_train(sub)
     _add_stl(sub)
     _add_toy(sub)
@@ -102,15 +93,9 @@ _EXTRA_PARSERS: list[Callable[[Any], None]] = []
 
 
 def _load_extra_parsers() -> None:
-    for path in ("experiments.study_cli:add_parsers", "experiments.bench_cli:add_parsers", "analysis.cli:add_parsers"):
-        module, name = path.split(":")
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name == module:  # that part of the tool is not installed yet
-                continue
-            raise
-        fn = getattr(mod, name)
+    # one entry per command group module; a new group is a plain import above and a line here
+    # (e.g. a fixtures group: ``from balancebench.commands import fixtures`` + ``fixtures.add_parsers``)
+    for fn in (studies.add_parsers, demo.add_parsers, cost.add_parsers, analysis.add_parsers):
         if fn not in _EXTRA_PARSERS:
             _EXTRA_PARSERS.append(fn)
 

@@ -1,4 +1,4 @@
-"""The analysis subcommands of ``balancebench`` (loaded by ``experiments.cli``): ``report`` and
+"""The analysis subcommands of ``balancebench`` (loaded by ``balancebench.main``): ``report`` and
 ``claims``. Parsing only; the work is done by importable functions."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``balancebench bench``: the cost benchmark (loaded by ``experiments.cli`` when present)."""
+"""``balancebench bench``: the cost benchmark (loaded by ``balancebench.main`` when present)."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def parse_ks(text: str) -> list[int]:
 def bench_command(args: argparse.Namespace) -> int:
     import torch
 
-    from experiments import cost
+    from experiments.cost import bench as cost
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda requested but CUDA is not available on this machine")

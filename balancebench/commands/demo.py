@@ -9,18 +9,18 @@ CSV / Markdown / LaTeX next to the study's storage).
 from __future__ import annotations
 
 import argparse
-import importlib
 from pathlib import Path
 from typing import Any
 
+from balancebench.commands.studies import print_outcome, study_overrides
 from experiments.config import CONFIG_DIR
 
 DEMO_CONFIG = CONFIG_DIR / "studies" / "demo.yaml"
 
 
 def run_demo(overrides: dict[str, Any] | None = None, progress: bool = True) -> Any:
-    from experiments.study import run_study
-    from experiments.study_config import load_study_config
+    from experiments.studies.driver import run_study
+    from experiments.studies.config import load_study_config
 
     outcome = run_study(load_study_config(DEMO_CONFIG, overrides), progress=progress)
     report = report_hook(outcome)
@@ -30,24 +30,23 @@ def run_demo(overrides: dict[str, Any] | None = None, progress: bool = True) -> 
 
 
 def report_hook(outcome: Any) -> Any:
-    """HOOK for the analysis issue: when ``analysis.report`` defines ``report(...)``, the demo calls
-    it with the study's storage URL, study name and results directory (adapt the call here);
-    returns its result (``.path``: the report file) or None when the module does not exist."""
-    try:
-        module = importlib.import_module("analysis.report")
-    except ModuleNotFoundError as exc:
-        if exc.name in ("analysis", "analysis.report"):
-            return None
-        raise
-    report = getattr(module, "report", None)
-    if report is None:
-        return None
+    """The study's report (:func:`analysis.report.report`) from its storage URL, study name and
+    results directory; returns its result (``.path``: the report file)."""
+    from analysis.report import report
+
     return report(storage=outcome.storage_url, study=outcome.group, out=outcome.out_dir)
 
 
-def demo_command(args: argparse.Namespace) -> int:
-    from experiments.study_cli import print_outcome, study_overrides
+def add_parsers(sub: Any) -> None:
+    p = sub.add_parser("demo", help="a small fair study of the default methods on Multi-MNIST CL_RR (≤ 10 min)")
+    p.add_argument("--storage", default=None)
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--out", default=None, help="parent directory of study results (default: results/)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=demo_command)
 
+
+def demo_command(args: argparse.Namespace) -> int:
     outcome = run_demo(study_overrides(args), progress=not args.quiet)
     print_outcome(outcome)
     return 0

@@ -53,7 +53,7 @@ def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = No
 
 def train_command(args: argparse.Namespace) -> int:
     from experiments.errors import RunInterrupted, UserError
-    from experiments.trainer import load_run_dir_config, train
+    from experiments.training.trainer import load_run_dir_config, train
 
     if args.resume:
         if args.config or args.scale:
@@ -83,7 +83,7 @@ def train_command(args: argparse.Namespace) -> int:
 
 
 def stl_command(args: argparse.Namespace) -> int:
-    from experiments.stl import train_stl_references
+    from experiments.training.stl import train_stl_references
 
     cfg = config_from_args(args)
     out = Path(args.out) if args.out else Path(cfg.out) / f"stl_{cfg.benchmark.name}"
@@ -93,7 +93,7 @@ def stl_command(args: argparse.Namespace) -> int:
 
 
 def toy_command(args: argparse.Namespace) -> int:
-    from experiments.toy_runs import run_toy
+    from experiments.training.toy_runs import run_toy
 
     from balancers import balancer_info
     from experiments.errors import UserError

@@ -1,4 +1,5 @@
-"""``balancebench study | results | extract-weights | demo`` (loaded by :mod:`experiments.cli`)."""
+"""``balancebench study | results | extract-weights``: the studies command group (``demo`` is in
+:mod:`balancebench.commands.demo`)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,6 @@ from experiments.config import SCALES
 
 
 def add_parsers(sub: Any) -> None:
-    from experiments.cli import _command
-
     p = sub.add_parser("study", help="fair Optuna study: same budget for every method, reruns over seeds, table")
     p.add_argument("--config", required=True, help="study YAML, e.g. configs/studies/demo.yaml")
     p.add_argument("--scale", choices=SCALES, default=None)
@@ -23,28 +22,21 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--methods", default=None, help="comma-separated, e.g. uniform,famo,fixed_from_famo")
     p.add_argument("--out", default=None, help="parent directory of study results (default: results/)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-trial lines")
-    p.set_defaults(func=_command("experiments.study_cli:study_command"))
+    p.set_defaults(func=study_command)
 
     p = sub.add_parser("results", help="results and budget tables of a study, from its storage")
     p.add_argument("--storage", required=True, help="journal file path or Optuna RDB URL")
     p.add_argument("--study", default=None, help="study name (needed when the storage holds several)")
     p.add_argument("--format", choices=("md", "csv", "latex"), default="md")
     p.add_argument("--out", default=None, help="also write results.{md,csv,tex} and budget.csv here")
-    p.set_defaults(func=_command("experiments.study_cli:results_command"))
+    p.set_defaults(func=results_command)
 
     p = sub.add_parser("extract-weights", help="fixed weights by EMA over epochs from runs' logged weights")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--ema", type=float, default=0.9, help="EMA momentum (seed 003: 0.9)")
     p.add_argument("--out", default=None, help="directory for weights.json and weights.png "
                                                "(default: the run directory, or <common parent>/extracted_weights)")
-    p.set_defaults(func=_command("experiments.study_cli:extract_command"))
-
-    p = sub.add_parser("demo", help="a small fair study of the default methods on Multi-MNIST CL_RR (≤ 10 min)")
-    p.add_argument("--storage", default=None)
-    p.add_argument("--workers", type=int, default=None)
-    p.add_argument("--out", default=None, help="parent directory of study results (default: results/)")
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=_command("experiments.demo:demo_command"))
+    p.set_defaults(func=extract_command)
 
 
 def study_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -60,7 +52,7 @@ def study_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def print_outcome(outcome: Any) -> None:
-    from experiments.study_results import render
+    from experiments.studies.results import render
 
     print(render(outcome.results, "md"))
     for kind, path in outcome.files.items():
@@ -70,8 +62,8 @@ def print_outcome(outcome: Any) -> None:
 
 
 def study_command(args: argparse.Namespace) -> int:
-    from experiments.study import run_study
-    from experiments.study_config import load_study_config
+    from experiments.studies.driver import run_study
+    from experiments.studies.config import load_study_config
 
     cfg = load_study_config(args.config, study_overrides(args))
     outcome = run_study(cfg, progress=not args.quiet)
@@ -80,7 +72,7 @@ def study_command(args: argparse.Namespace) -> int:
 
 
 def results_command(args: argparse.Namespace) -> int:
-    from experiments.study_results import render, results_table, write_results
+    from experiments.studies.results import render, results_table, write_results
 
     table = results_table(args.storage, args.study)
     print(render(table, args.format), end="")
@@ -91,10 +83,11 @@ def results_command(args: argparse.Namespace) -> int:
 
 
 def extract_command(args: argparse.Namespace) -> int:
-    from experiments.extract import default_out, extract_weights
+    from experiments.studies.extract import default_out, extract_weights
 
     out = Path(args.out) if args.out else default_out(args.run_dirs)
     extracted = extract_weights(args.run_dirs, ema=args.ema, out=out)
     print("weights: " + ", ".join(f"{t}={w:.4f}" for t, w in zip(extracted.tasks, extracted.weights)))
     print(out / "weights.json")
     return 0
+

@@ -7,18 +7,29 @@ import platform
 import resource
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import pandas as pd
 import torch
 from torch import Tensor
 
-from experiments import rundir
+from experiments.training import rundir
 from experiments.benchmarks import Benchmark
 from experiments.config import dump_yaml, to_dict
 
-if TYPE_CHECKING:
-    from experiments.trainer import Trainer
+
+class TrainerState(Protocol):
+    """What the run log reads from the trainer when it writes the config and the summary (a
+    protocol, so the log does not import the trainer that owns it)."""
+
+    balancer: Any
+    device: torch.device
+    cfg: Any
+    epoch: int
+    step_count: int
+    best_epoch: int
+    best: float
+    reference_kind: str
 
 
 def peak_memory_bytes(device: torch.device) -> int:
@@ -40,7 +51,7 @@ class RunLog:
         self._epoch_count = 0
         self.epochs: list[dict[str, Any]] = []
         self.steps: list[dict[str, Any]] = []
-        #: optional ``experiments.gradients.CosineProbe`` whose cosine.csv is written with the tables
+        #: optional ``experiments.training.gradients.CosineProbe`` whose cosine.csv is written with the tables
         self.cosine: Any = None
 
     # ------------------------------------------------------------------ per step (no syncs)
@@ -119,7 +130,7 @@ class RunLog:
             self.cosine.load(run_dir, epoch)
 
     # ------------------------------------------------------------------ files
-    def write_config(self, run_dir: Path, cfg: Any, trainer: "Trainer") -> None:
+    def write_config(self, run_dir: Path, cfg: Any, trainer: TrainerState) -> None:
         resolved = to_dict(cfg)
         resolved["resolved"] = {
             "n_tasks": len(self.tasks), "tasks": self.tasks, "balancer": repr(trainer.balancer),
@@ -128,7 +139,7 @@ class RunLog:
         }
         rundir.atomic_write_text(run_dir / rundir.CONFIG, dump_yaml(resolved))
 
-    def write_summary(self, run_dir: Path, trainer: "Trainer", status: str, reason: str | None = None,
+    def write_summary(self, run_dir: Path, trainer: TrainerState, status: str, reason: str | None = None,
                       wall: float | None = None) -> dict[str, Any]:
         self.flush(run_dir)
         frame = pd.DataFrame(self.epochs)
