@@ -1,5 +1,5 @@
 """Time per training epoch of several runs' configurations, measured *interleaved in one process*
-(claim F7), as ``balancebench bench`` measures its time ratios (:mod:`experiments.cost.bench`).
+(claim F7), as ``balancebench bench`` measures its time ratios (:mod:`experiments.cost.timing`).
 
 Epoch times read from run directories were measured at different times on a shared machine, so
 a method that happened to train while other jobs ran looks slower. Here, for one seed, a real

@@ -51,7 +51,7 @@ def parse_ks(text: str) -> list[int]:
 def bench_command(args: argparse.Namespace) -> int:
     import torch
 
-    from experiments.cost import bench as cost
+    from experiments import cost
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda requested but CUDA is not available on this machine")

@@ -4,10 +4,10 @@ Issue 16 asks whether TorchJD's ``autogram.Engine`` (which accumulates the Grami
 without materialising the K × P Jacobian) lowers the O(K) methods' time and memory compared with
 :func:`balancers._task_grads.task_gradients` + :func:`balancers._task_grads.gram` (a batched
 backward over one-hot cotangents, then ``G @ Gᵀ``). This measures both on the cost benchmark's
-model (the synthetic MLP trunk of :mod:`experiments.cost.bench`) at a few K, one torch thread:
+model (the synthetic MLP trunk of :mod:`experiments.cost.variants`) at a few K, one torch thread:
 
 * ``ms``: median process CPU time of forward + Gramian (the forward is in both: autogram hooks it);
-* ``peak_mb``: peak live bytes of the tensors created meanwhile (``experiments.cost.bench._LiveBytes``);
+* ``peak_mb``: peak live bytes of the tensors created meanwhile (``experiments.cost.measure._LiveBytes``);
 * ``rel_diff``: max |G_autogram − G_project| / max |G_project| (both must be the same Gramian).
 
 Run: ``python -m experiments.cost.autogram_probe [--ks 8,32,128] [--repeats 5]``. It measures and
@@ -25,7 +25,8 @@ import torch
 from torch import Tensor
 
 from balancers._task_grads import gram, shared_parameters, task_gradients
-from experiments.cost.bench import MLP, Variant, _LiveBytes, build_trainer, load_batches
+from experiments.cost.measure import _LiveBytes
+from experiments.cost.variants import MLP, Variant, build_trainer, load_batches
 
 
 def _measure(fn: Callable[[], Tensor], repeats: int) -> tuple[float, float, Tensor]:

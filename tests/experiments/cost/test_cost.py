@@ -13,7 +13,7 @@ import torch
 
 from balancers import list_balancers
 from balancers._task_grads import CHUNK
-from experiments.cost import bench as cost
+from experiments import cost
 from balancebench.main import main
 
 TINY = {"input_dim": 4, "hidden": 8, "depth": 1, "batch_size": 8, "n_batches": 2}
