@@ -156,7 +156,6 @@ def group_name(cfg: StudyConfig, bench_name: str, variant: str) -> str:
 def make_plan(cfg: StudyConfig) -> StudyPlan:
     """Resolve ``cfg``: load the benchmark run config, build the benchmark once (metrics, tasks,
     model options), check every space, published default and method name."""
-    from balancers import list_balancers
     from experiments.benchmarks import create_benchmark
 
     searched, derived = split_methods(cfg.methods)
@@ -171,6 +170,35 @@ def make_plan(cfg: StudyConfig) -> StudyPlan:
     model_options = inspect.signature(type(bench).build_model).parameters
     group = group_name(cfg, bench.name, bench.variant)
 
+    shared, paths, dropped = _shared_space(cfg, model_options)
+    base_dict = to_dict(base)
+    spaces, fixed, first = _method_spaces(cfg, searched, shared, paths, dropped, base_dict)
+
+    protocol = {
+        "benchmark": bench.name, "variant": bench.variant, "scale": cfg.scale,
+        "run_config": _protocol_config(base_dict),
+        "shared_space": {name: {**spec.as_dict(), "path": paths[name]} for name, spec in shared.items()},
+        "dropped_parameters": dropped,
+        "sampler": asdict(cfg.sampler), "pruner": asdict(cfg.pruner), "epochs": base.train.epochs,
+        "objective": f"validation Δm% (lower is better; reference: {base.reference})", "direction": "minimize",
+        # the budget and what the table compares: fixed for the life of the study
+        "n_trials": cfg.n_trials, "methods": sorted(set(cfg.methods)), "rerun_seeds": sorted(cfg.rerun_seeds),
+        "ema": cfg.ema,
+    }
+    out_dir = Path(cfg.out) / group
+    storage = cfg.storage or default_storage_url(cfg.out, group)
+    specs = [{"name": m.name, "task": m.task, "higher_is_better": m.higher_is_better, "stl": m.stl}
+             for m in bench.metrics]
+    plan = StudyPlan(cfg, group, storage, str(out_dir), base, searched, derived, spaces, paths, fixed, first,
+                     protocol, specs, list(bench.task_names), dropped)
+    for method in searched:  # every method's first trial must make a valid run config
+        plan.run_config(method, first[method], fixed[method], base.seed, False)
+    return plan
+
+
+def _shared_space(cfg: StudyConfig, model_options: Any) -> tuple[dict[str, ParamSpec], dict[str, str], list[str]]:
+    """The parameters searched for every method, their config paths, and the names dropped
+    because this benchmark's model has no such option."""
     paths: dict[str, str] = {}
     shared: dict[str, ParamSpec] = {}
     dropped: list[str] = []
@@ -185,11 +213,19 @@ def make_plan(cfg: StudyConfig) -> StudyPlan:
         if path.startswith(HPARAMS):
             raise ConfigError(f"shared_space.{name}.path: balancer hyperparameters belong in method_spaces")
         shared[name], paths[name] = spec, path
+    return shared, paths, dropped
+
+
+def _method_spaces(cfg: StudyConfig, searched: list[str], shared: dict[str, ParamSpec], paths: dict[str, str],
+                   dropped: list[str], base_dict: dict[str, Any]
+                   ) -> tuple[dict[str, dict[str, ParamSpec]], dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Per searched method: its search space (shared + own), its fixed published values and its
+    first trial; adds the methods' own parameter paths to ``paths``."""
+    from balancers import list_balancers
 
     spaces: dict[str, dict[str, ParamSpec]] = {}
     fixed: dict[str, dict[str, Any]] = {}
     first: dict[str, dict[str, Any]] = {}
-    base_dict = to_dict(base)
     registered = list_balancers()
     for section in ("method_spaces", "published_defaults"):  # entries of methods not run now are ignored
         unknown = sorted(set(getattr(cfg, section)) - set(registered))
@@ -217,27 +253,7 @@ def make_plan(cfg: StudyConfig) -> StudyPlan:
                                   f"hyperparameter of {method!r} (accepted: {', '.join(accepted) or 'none'})")
             fixed[method][name] = value
         first[method] = _first_trial(method, spaces[method], paths, published, base_dict)
-
-    protocol = {
-        "benchmark": bench.name, "variant": bench.variant, "scale": cfg.scale,
-        "run_config": _protocol_config(base_dict),
-        "shared_space": {name: {**spec.as_dict(), "path": paths[name]} for name, spec in shared.items()},
-        "dropped_parameters": dropped,
-        "sampler": asdict(cfg.sampler), "pruner": asdict(cfg.pruner), "epochs": base.train.epochs,
-        "objective": f"validation Δm% (lower is better; reference: {base.reference})", "direction": "minimize",
-        # the budget and what the table compares: fixed for the life of the study
-        "n_trials": cfg.n_trials, "methods": sorted(set(cfg.methods)), "rerun_seeds": sorted(cfg.rerun_seeds),
-        "ema": cfg.ema,
-    }
-    out_dir = Path(cfg.out) / group
-    storage = cfg.storage or default_storage_url(cfg.out, group)
-    specs = [{"name": m.name, "task": m.task, "higher_is_better": m.higher_is_better, "stl": m.stl}
-             for m in bench.metrics]
-    plan = StudyPlan(cfg, group, storage, str(out_dir), base, searched, derived, spaces, paths, fixed, first,
-                     protocol, specs, list(bench.task_names), dropped)
-    for method in searched:  # every method's first trial must make a valid run config
-        plan.run_config(method, first[method], fixed[method], base.seed, False)
-    return plan
+    return spaces, fixed, first
 
 
 def _first_trial(method: str, space: dict[str, ParamSpec], paths: dict[str, str], published: dict[str, Any],
