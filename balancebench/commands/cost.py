@@ -1,4 +1,4 @@
-"""``balancebench bench``: the cost benchmark (loaded by ``balancebench.main`` when present)."""
+"""``balancebench bench``: the cost benchmark command (parsing; the work is in :mod:`experiments.cost`)."""
 
 from __future__ import annotations
 

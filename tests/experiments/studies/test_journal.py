@@ -21,7 +21,7 @@ from experiments.studies.journal import JournalDamaged, open_journal
 from experiments.studies.storage import open_storage
 
 GROUP = "synthetic-default-tiny"
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def study_dict(out: Path, **over: object) -> dict:

@@ -9,7 +9,7 @@ from balancers import list_balancers
 from experiments.studies.config import load_study_config
 from experiments.studies.plan import make_plan
 
-METHODS_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "studies" / "methods.yaml"
+METHODS_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "studies" / "methods.yaml"
 
 
 def test_methods_study_covers_every_balancer_with_its_published_defaults() -> None:

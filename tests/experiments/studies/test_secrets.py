@@ -18,7 +18,7 @@ from experiments.config import CONFIG_DIR
 from experiments.errors import mask_url, redact, secrets_in
 from experiments.studies.storage import open_storage
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 USER_PW, QUERY_PW, SSL_PW, TOKEN = "Us3r-s3cret", "Qu3ry-s3cret", "Ss1-s3cret", "T0ken-s3cret"
 SECRETS = (USER_PW, QUERY_PW, SSL_PW, TOKEN)
 #: both forms, on a port where nothing listens

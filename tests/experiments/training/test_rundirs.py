@@ -18,7 +18,7 @@ from experiments.config import CONFIG_DIR, load_run_config
 from experiments.errors import UserError
 from experiments.training.trainer import default_run_dir
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 LRS = ["0.001", "0.002", "0.003", "0.004"]
 
 
