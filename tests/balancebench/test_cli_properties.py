@@ -198,7 +198,7 @@ def harness(existing: dict[str, Path], tmp_path: Path, monkeypatch: pytest.Monke
 
     monkeypatch.setattr(Trainer, "run", capped_run)
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
-    for module, name in (("experiments.studies.driver", "run_study"), ("experiments.cost.bench", "bench"),
+    for module, name in (("experiments.studies.driver", "run_study"), ("experiments.cost", "bench"),
                          ("analysis.claims", "run_claims"), ("experiments.training.toy_runs", "run_toy")):
         monkeypatch.setattr(f"{module}.{name}", reached)
     monkeypatch.chdir(tmp_path)
