@@ -21,7 +21,7 @@ from analysis.gradients import mean_cosine
 from analysis.runs import load_run
 from analysis.verdicts import (INCONCLUSIVE, MIN_SEEDS, Verdict, combine, correlation, impute_failures,
                                paired_better, threshold, tost_equivalent, welch_better)
-from experiments import rundir
+from experiments.training import rundir
 
 Outcome = tuple[str, str, Verdict]
 
@@ -54,7 +54,7 @@ def mm_dirs(runs: ClaimRuns, variant: str, method: str, seeds: Sequence[int] | N
 
 # ------------------------------------------------------------------------------ F1
 def check_f1(runs: ClaimRuns, toy_dir: str | Path | None = None) -> Outcome:
-    from experiments.toy_runs import PARETO_TOLERANCE
+    from experiments.training.toy_runs import PARETO_TOLERANCE
 
     table = runs.toy(toy_dir)
     famo, uniform = table[table["balancer"] == "famo"], table[table["balancer"] == "uniform"]
@@ -120,7 +120,7 @@ def check_f3(runs: ClaimRuns) -> Outcome:
 def check_f4(runs: ClaimRuns) -> Outcome:
     """The weights are extracted once, from FAMO's runs at the first look's seeds (so later looks
     compare against the same fixed weights), and the fixed-weight runs use every look's seeds."""
-    from experiments.extract import extract_weights
+    from experiments.studies.extract import extract_weights
 
     famo_dirs = mm_dirs(runs, "CL_RR", "famo")
     first = runs.plan.seeds[: runs.plan.looks[0]]

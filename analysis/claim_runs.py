@@ -1,5 +1,5 @@
 """The runs the claims need, per scale, launched through experiments' public functions
-(``experiments.trainer.train``, ``experiments.toy_runs.run_toy``) or reused when a finished run
+(``experiments.training.trainer.train``, ``experiments.training.toy_runs.run_toy``) or reused when a finished run
 directory with the same name already exists under ``--out``. Analysis itself only reads them.
 
 Seeds and the sequential plan: every scale has an ordered list of evidence seeds (disjoint from
@@ -32,11 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from balancers import balancer_info
-from experiments import rundir
+from experiments.training import rundir
 from experiments.config import CONFIG_DIR, deep_merge, load_run_config
 from experiments.errors import NonFiniteLossError
 from analysis.verdicts import ALPHA
-from experiments.gradients import DEFAULT_COSINE_EVERY
+from experiments.training.gradients import DEFAULT_COSINE_EVERY
 
 
 @dataclass(frozen=True)
@@ -132,10 +132,10 @@ class ClaimRuns:
         return load_run_config(CONFIG_DIR / f"{config}.yaml", self.plan.scale, merged)
 
     def stl_reference(self, config: str, variant: str | None = None, extra: dict[str, Any] | None = None) -> Path | None:
-        """The setting's single-task reference file (``experiments.stl``: one run per task, seed
+        """The setting's single-task reference file (``experiments.training.stl``: one run per task, seed
         0), trained when missing for the configs in ``STL_CONFIGS``; for the others (QM9: eleven
         single-task runs) only an existing file under ``out/<scale>/stl/<setting>`` is used."""
-        from experiments.stl import REFERENCE_FILE, train_stl_references
+        from experiments.training.stl import REFERENCE_FILE, train_stl_references
 
         # single-task references select on their own task: a setting that differs only in its
         # objective_tasks (F8's main task) shares them
@@ -157,7 +157,7 @@ class ClaimRuns:
         ``stl_reference``), else the untrained model. Stochastic balancers get ``seed`` as their
         own seed too (independent draws per run seed). ``cosine`` switches the trainer's
         task-gradient probe on (uniform runs, for F5)."""
-        from experiments.trainer import train
+        from experiments.training.trainer import train
 
         label = name or balancer
         setting = _setting(config, variant, extra)
@@ -192,7 +192,7 @@ class ClaimRuns:
     def toy(self, toy_dir: str | Path | None = None) -> Any:
         """FAMO Fig. 1 runs (uniform and FAMO from the five starts): reused from ``toy_dir`` (e.g.
         ``balancebench toy --out DIR``) when given, else trained under ``out/<scale>/toy``."""
-        from experiments.toy_runs import run_toy
+        from experiments.training.toy_runs import run_toy
 
         out = Path(toy_dir) if toy_dir else self.root / "toy"
         self.say(f"toy runs (uniform, famo x 5 starts) in {out}")
@@ -230,7 +230,7 @@ def _check_same_config(run_dir: Path, cfg: Any) -> None:
     """A reused run must have been trained with the config asked for now (else stale results)."""
     from experiments.config import to_dict
     from experiments.errors import UserError
-    from experiments.trainer import load_run_dir_config
+    from experiments.training.trainer import load_run_dir_config
 
     def comparable(c: Any) -> dict[str, Any]:
         data = to_dict(c)

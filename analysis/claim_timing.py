@@ -1,9 +1,9 @@
 """Time per training epoch of several runs' configurations, measured *interleaved in one process*
-(claim F7), as ``balancebench bench`` measures its time ratios (:mod:`experiments.cost`).
+(claim F7), as ``balancebench bench`` measures its time ratios (:mod:`experiments.cost.timing`).
 
 Epoch times read from run directories were measured at different times on a shared machine, so
 a method that happened to train while other jobs ran looks slower. Here, for one seed, a real
-:class:`experiments.trainer.Trainer` is built from each run's own ``config.yaml`` (same seed:
+:class:`experiments.training.trainer.Trainer` is built from each run's own ``config.yaml`` (same seed:
 same initial model and batches), all in this process; after ``warmup`` steps each, they take
 turns running blocks of ``steps_per_block`` real training steps on the same pre-loaded batches,
 ``repeats`` rounds, the order alternating between rounds (A B, B A, ...: neither position's
@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from experiments import rundir
+from experiments.training import rundir
 from experiments.errors import NonFiniteLossError
 
 REPEATS = 10
@@ -66,7 +66,7 @@ class TrainerRunner:
     """A real trainer built from a run directory's config, stepping over pre-loaded batches."""
 
     def __init__(self, run_dir: Path, n_batches: int = N_BATCHES) -> None:
-        from experiments.trainer import Trainer, load_run_dir_config
+        from experiments.training.trainer import Trainer, load_run_dir_config
 
         cfg = load_run_dir_config(run_dir)
         self.trainer = Trainer(cfg, Path(tempfile.gettempdir()) / "balancebench-timing-unused")

@@ -15,7 +15,7 @@ import pandas as pd
 
 from analysis.runs import load_run, run_frame
 from analysis.tables import format_pm, mean_se
-from experiments import rundir
+from experiments.training import rundir
 from experiments.errors import UserError
 
 Value = float | None

@@ -29,7 +29,7 @@ import pandas as pd
 from analysis import claim_checks as checks
 from analysis.claim_runs import ClaimRuns
 from analysis.verdicts import ALPHA, INCONCLUSIVE, NOT_SUPPORTED, Verdict
-from experiments import rundir
+from experiments.training import rundir
 from experiments.errors import UserError
 
 

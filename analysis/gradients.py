@@ -10,10 +10,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from experiments import rundir
+from experiments.training import rundir
 from experiments.benchmarks import create_benchmark
 from experiments.errors import UserError
-from experiments.gradients import cosine_matrix, mean_pairwise_cosine, task_gradients
+from experiments.training.gradients import cosine_matrix, mean_pairwise_cosine, task_gradients
 
 
 @dataclass
@@ -33,7 +33,7 @@ class CosineMeasurement:
 def cosine_from_checkpoint(run_dir: str | Path, checkpoint: str = rundir.BEST, method: str = "auto") -> CosineMeasurement:
     """The K×K task-gradient cosine matrix of a run's saved model on the same probe batch the
     trainer uses (the first validation batch at the run's batch size), in eval mode."""
-    from experiments.trainer import load_run_dir_config, resolve_device  # the run's own model and data
+    from experiments.training.trainer import load_run_dir_config, resolve_device  # the run's own model and data
 
     run_dir = Path(run_dir)
     cfg = load_run_dir_config(run_dir)

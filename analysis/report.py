@@ -18,7 +18,7 @@ import pandas as pd
 from analysis import plots, trajectories
 from analysis.runs import RunRecord, load_runs
 from analysis.tables import PM, definition_note, display_table, setting_tables, slug, write_tables
-from experiments import rundir
+from experiments.training import rundir
 from experiments.errors import UserError
 
 

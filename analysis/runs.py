@@ -12,11 +12,11 @@ from typing import Any
 
 import pandas as pd
 
-from experiments import rundir
+from experiments.training import rundir
 from experiments.benchmarks import MetricSpec, create_benchmark
 from experiments.config import load_yaml
 from experiments.errors import UserError
-from experiments.evaluation import PER_METRIC, PER_TASK, check_definition, delta_m, literature_reference
+from experiments.training.evaluation import PER_METRIC, PER_TASK, check_definition, delta_m, literature_reference
 
 #: the paper whose numbers a benchmark's results are set beside (claims, README tables), and that
 #: paper's Δm% / mean-rank definition. QM9: FAMO's Table 2 (seed 000; one metric per task, so the

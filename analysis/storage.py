@@ -1,12 +1,12 @@
 """Run directories of a study, found through its Optuna storage.
 
-What it expects (written by ``balancebench study``, see ``experiments/study_worker.py``): one
+What it expects (written by ``balancebench study``, see ``experiments/studies/worker.py``): one
 Optuna study per (group, method) with user attrs ``kind`` = ``search`` / ``rerun``, ``group`` and
 ``method``; every trial has the user attrs ``run_dir`` and ``method``. The search studies' trials
 are the tuning runs (trained without test evaluation); the rerun studies' trials are the best
 configuration of each method retrained on the rerun seeds — the runs tables and plots are made
 from. Which rerun study belongs to a method's best trial *within its budget* is decided by
-:func:`experiments.study_results.collect`, so the report and ``balancebench results`` select the
+:func:`experiments.studies.results.collect`, so the report and ``balancebench results`` select the
 same runs.
 """
 
@@ -35,8 +35,8 @@ class StorageRuns:
 def runs_from_storage(url: str, study: str | None = None) -> StorageRuns:
     """The rerun and search-trial run directories of the study ``study`` (the only one when None)
     in the storage at ``url`` (a journal file path or an Optuna RDB URL)."""
-    from experiments.study_results import collect
-    from experiments.study_storage import open_storage
+    from experiments.studies.results import collect
+    from experiments.studies.storage import open_storage
 
     label = mask_url(url)
     if "://" not in url and not Path(url).is_file():

@@ -3,7 +3,7 @@ Markdown, LaTeX and CSV, from run directories or from a study storage's rerun di
 
 Definitions:
 
-* Δm% of a run: :func:`experiments.evaluation.delta_m` — per metric
+* Δm% of a run: :func:`experiments.training.evaluation.delta_m` — per metric
   ``(-1)^{higher is better} (M − M_ref) / |M_ref|`` times 100 (lower is better), averaged either
   ``per_task`` (a task's metrics first, then over tasks: seed 003 Eq. 1, the trainer's objective)
   or ``per_metric`` (over all metrics at once: seeds 000 and 004). The reference is the run's own
@@ -31,9 +31,9 @@ import pandas as pd
 
 from analysis.runs import PAPER_OF_BENCHMARK, RunRecord, definition_for, run_frame  # noqa: F401 (re-exported)
 from analysis.storage import StorageRuns, runs_from_storage  # noqa: F401  (re-exported: analysis.tables.runs_from_storage)
-from experiments import rundir
+from experiments.training import rundir
 from experiments.benchmarks import MetricSpec
-from experiments.evaluation import DELTA_M_DEFINITIONS, PER_METRIC, PER_TASK, check_definition
+from experiments.training.evaluation import DELTA_M_DEFINITIONS, PER_METRIC, PER_TASK, check_definition
 
 PM = "\u00b1"
 #: how each mean-rank definition is cited in tables

@@ -12,7 +12,7 @@ import pandas as pd
 
 from analysis.plotting import plt, save, sns
 from analysis.runs import RunRecord
-from experiments import rundir
+from experiments.training import rundir
 from experiments.errors import UserError
 
 

@@ -11,7 +11,7 @@ tests/analysis/test_verdict_error_rates.py):
 
 * **better, paired** (:func:`paired_better`): runs of two methods at the same seed share the
   initial model, the data order and the dropout masks (tested in
-  tests/experiments/test_seed_pairing.py), so the test is a one-sided paired t-test on the
+  tests/experiments/training/test_seed_pairing.py), so the test is a one-sided paired t-test on the
   per-seed differences (df = n − 1). ``p_support``: the claimed direction; ``p_refute``: the
   opposite direction (they sum to 1).
 * **better, unpaired** (:func:`welch_better`): Welch's t-test, for the one comparison whose

@@ -75,7 +75,7 @@ class TrainConfig:
     cosine_every: NonNegativeInt = 0
     device: Annotated[str, Matches(r"auto|cpu|cuda(:\d+)?", "auto, cpu or cuda[:N]"), Runtime()] = "auto"
     #: mixed precision of the model's forward: fp32, bf16 (autocast) or fp16 (autocast + gradient
-    #: scaler); the balancers compute in fp32 either way (experiments/precision.py)
+    #: scaler); the balancers compute in fp32 either way (experiments/training/precision.py)
     precision: Annotated[str, OneOf(("fp32", "bf16", "fp16"))] = "fp32"
     #: legacy: bf16 autocast on CUDA only (ignored on CPU); prefer ``precision: bf16``
     bf16: bool = False

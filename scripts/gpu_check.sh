@@ -11,7 +11,7 @@ set -u -o pipefail
 OUT="${1:-runs/gpu_check}"
 mkdir -p "$OUT"
 export PYTHONPATH="${PYTHONPATH:-$PWD}"
-bb() { python -m experiments.cli "$@"; }
+bb() { python -m balancebench.main "$@"; }
 status=0
 part() { echo "== $1"; }
 
@@ -40,7 +40,7 @@ PY
 cat "$OUT/qm9_epoch.md"
 
 part "1-GPU DDP smoke run (torchrun, nccl) and mixed precision"
-timeout 30 python -m torch.distributed.run --standalone --nproc_per_node 1 -m experiments.cli train --config configs/synthetic.yaml --scale tiny --balancer famo --device cuda --quiet --out "$OUT/ddp" || status=1
+timeout 30 python -m torch.distributed.run --standalone --nproc_per_node 1 -m balancebench.main train --config configs/synthetic.yaml --scale tiny --balancer famo --device cuda --quiet --out "$OUT/ddp" || status=1
 timeout 15 bb train --config configs/synthetic.yaml --scale tiny --balancer marigold --device cuda --quiet --out "$OUT/amp" --set train.precision=fp16 || status=1
 timeout 15 bb train --config configs/synthetic.yaml --scale tiny --balancer famo --device cuda --quiet --out "$OUT/amp" --set train.precision=bf16 || status=1
 

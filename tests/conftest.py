@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP (see experiments/cli.py)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP (see balancebench/main.py)
 
 import copy
 import random
@@ -265,7 +265,7 @@ def toy_runs(tmp_path_factory: pytest.TempPathFactory):
     """FAMO Fig. 1 at the paper's settings (70,000 Adam steps, lr 1e-3) for uniform and FAMO from
     the five starts, trained once per test session in two processes and shared by the toy test
     and the claims tests: (table, output directory)."""
-    from experiments.toy_runs import run_toy
+    from experiments.training.toy_runs import run_toy
 
     out = tmp_path_factory.mktemp("toy")
     table = run_toy(["uniform", "famo"], scale="tiny", out=out, progress=False, workers=2)

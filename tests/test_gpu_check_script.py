@@ -44,7 +44,7 @@ def test_every_balancebench_command_parses() -> None:
         words = _expand(line.strip()) if re.search(r"\bbb (bench|train)\b|-m experiments\.cli .", line) and "bb()" not in line else []
         if not words:
             continue
-        start = words.index("bb") + 1 if "bb" in words else words.index("experiments.cli") + 1
+        start = words.index("bb") + 1 if "bb" in words else words.index("balancebench.main") + 1
         args = parser.parse_args(words[start:])
         commands.append(args.command)
         if args.command == "train":  # the config it names loads with its --set overrides

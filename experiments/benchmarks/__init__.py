@@ -1,4 +1,7 @@
-"""Benchmarks by name; modules are imported only when used (QM9 pulls in rdkit and PyG)."""
+"""Benchmarks: the interface (``base``), the registry by name, one module or subpackage per benchmark.
+
+Modules are imported only when used (QM9 pulls in rdkit and PyG).
+"""
 
 from __future__ import annotations
 

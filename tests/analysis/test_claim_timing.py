@@ -11,7 +11,7 @@ import pytest
 
 from analysis.claim_timing import cached_epoch_seconds, interleave, interleaved_epoch_seconds
 from experiments.config import CONFIG_DIR, load_run_config
-from experiments.trainer import train
+from experiments.training.trainer import train
 
 
 class FakeClock:

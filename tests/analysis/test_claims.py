@@ -15,7 +15,7 @@ from analysis.claim_runs import ClaimRuns
 from analysis.claims import CLAIMS, Claim, check_claim, run_claims, select
 from analysis.verdicts import ALPHA, INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, Verdict
 from tests.analysis.helpers import make_run
-from experiments.cli import main
+from balancebench.main import main
 from experiments.errors import UserError
 
 
@@ -227,7 +227,7 @@ def test_f8_compares_the_main_task_paired_with_uniform_and_the_main_task_alone(t
 
 def test_f8_setting_has_its_own_runs_but_shares_the_single_task_references(tmp_path: Path) -> None:
     from analysis.claim_runs import _setting
-    from experiments.stl import REFERENCE_FILE
+    from experiments.training.stl import REFERENCE_FILE
 
     assert _setting("multimnist", "CL_CR", claim_checks.AUX_EXTRA) == "multimnist-CL_CR-main_left_cls"
     shared = tmp_path / "tiny" / "stl" / "multimnist-CL_CR" / REFERENCE_FILE
@@ -287,5 +287,5 @@ def test_claim_runs_keep_a_diverged_run_and_reuse_it(tmp_path: Path, monkeypatch
 
     def no_training(*args: object, **kwargs: object) -> None:
         raise AssertionError("a diverged run is final: it must be reused, not re-trained")
-    monkeypatch.setattr("experiments.trainer.train", no_training)
+    monkeypatch.setattr("experiments.training.trainer.train", no_training)
     assert runs.run("synthetic", "uniform", 1, extra=blow_up) == run_dir

@@ -9,12 +9,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import experiments.evaluation
+import experiments.training.evaluation
 from analysis.runs import definition_for, load_runs, run_frame
 from analysis.tables import mean_rank, setting_tables, write_tables
 from experiments.benchmarks.base import MetricSpec
 from experiments.errors import ConfigError
-from experiments.evaluation import PER_METRIC, PER_TASK, delta_m
+from experiments.training.evaluation import PER_METRIC, PER_TASK, delta_m
 from tests.analysis.helpers import DELTA_M, make_runs
 
 #: 2 + 1 metrics: task 0 has a (−10 %) and b (unchanged), task 1 has c (unchanged); lower is better
@@ -34,7 +34,7 @@ def test_two_plus_one_metrics_by_hand() -> None:
 
 
 def test_the_docstring_example_runs() -> None:
-    result = doctest.testmod(experiments.evaluation)
+    result = doctest.testmod(experiments.training.evaluation)
     assert result.attempted >= 3 and result.failed == 0
 
 

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from experiments.benchmarks.synthetic import SyntheticBenchmark
-from experiments.gradients import cosine_matrix, mean_pairwise_cosine, task_gradients
+from experiments.training.gradients import cosine_matrix, mean_pairwise_cosine, task_gradients
 
 
 class TinyModel(nn.Module):

@@ -10,10 +10,10 @@ import pytest
 
 from analysis.gradients import cosine_from_checkpoint, mean_cosine, probe_overhead, read_cosine
 from analysis.runs import epoch_seconds, load_run
-from experiments import rundir
+from experiments.training import rundir
 from experiments.config import CONFIG_DIR, deep_merge, load_run_config
 from experiments.errors import ConfigError, UserError
-from experiments.trainer import train
+from experiments.training.trainer import train
 
 
 def cfg(tmp_path: Path, **over):

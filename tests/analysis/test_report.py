@@ -12,9 +12,9 @@ import pytest
 from analysis.report import read_report_tables, report
 from analysis.runs import load_runs
 from analysis.trajectories import plot_toy_trajectories, plot_weight_trajectories, weight_frame
-from experiments.cli import main
+from balancebench.main import main
 from experiments.config import CONFIG_DIR, load_run_config
-from experiments.trainer import train
+from experiments.training.trainer import train
 from tests.analysis.helpers import DELTA_M, make_runs
 
 
@@ -90,9 +90,9 @@ def test_report_cli_and_its_user_errors(tmp_path: Path, capsys) -> None:
 
 
 def test_report_on_a_finished_study_matches_the_stored_results(tmp_path: Path) -> None:
-    from experiments.study import run_study
-    from experiments.study_config import study_config_from_dict
-    from experiments.study_results import results_table
+    from experiments.studies.driver import run_study
+    from experiments.studies.config import study_config_from_dict
+    from experiments.studies.results import results_table
 
     cfg = study_config_from_dict({
         "benchmark_config": str(CONFIG_DIR / "synthetic.yaml"), "scale": "tiny",

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from experiments import rundir
+from experiments.training import rundir
 from experiments.benchmarks import MultiTaskModel, create_benchmark
 from experiments.benchmarks.celeba import celeba_trunk, f1_scores
 from experiments.benchmarks.celeba_data import ATTRIBUTES, load_image, read_index
@@ -20,8 +20,8 @@ from experiments.benchmarks.fixtures import BLOCK, write_fixture
 from experiments.benchmarks.localdata import DATA_ENV
 from experiments.config import CONFIG_DIR, load_run_config
 from experiments.errors import UserError
-from experiments.evaluation import evaluate
-from experiments.trainer import train
+from experiments.training.evaluation import evaluate
+from experiments.training.trainer import train
 
 
 @pytest.fixture(autouse=True)

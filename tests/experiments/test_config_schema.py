@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from experiments.cli import main
+from balancebench.main import main
 from experiments.config import CONFIG_DIR, RunConfig, load_run_config
 from experiments.errors import ConfigError
 from experiments.schema import Matches, OneOf, Range, extras, fields

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from experiments import rundir
+from experiments.training import rundir
 from experiments.benchmarks import create_benchmark
 from experiments.benchmarks.dense import metrics as M
 from experiments.benchmarks.dense.data import scale_crop_flip
@@ -19,8 +19,8 @@ from experiments.benchmarks.fixtures import CATEGORY_OF_19, write_fixture
 from experiments.benchmarks.localdata import DATA_ENV
 from experiments.config import CONFIG_DIR, load_run_config
 from experiments.errors import UserError
-from experiments.evaluation import delta_m, evaluate, literature_reference
-from experiments.trainer import train
+from experiments.training.evaluation import delta_m, evaluate, literature_reference
+from experiments.training.trainer import train
 
 SMALL = (64, 96)  # a fixture shape that keeps these tests fast (the release's is the default)
 

@@ -13,7 +13,7 @@ loss, hence on the weights; after 6 Adam steps at lr 1e-3 the parameters differ 
 magnitude less than the tolerance used (rtol 1e-5, atol 1e-8), while one wrong factor of 2 in a
 gradient or weight (the bugs this test exists for) moves them by ~1e-3.
 The synthetic benchmark's model has no dropout and no BatchNorm: neither is shard-consistent
-(see experiments/distributed.py).
+(see experiments/training/distributed.py).
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from experiments import distributed
+from experiments.training import distributed
 from experiments.config import load_run_config
 from experiments.errors import ConfigError
-from experiments.trainer import Trainer
+from experiments.training.trainer import Trainer
 
 CASES: dict[str, dict[str, Any]] = {
     "uniform": {"name": "uniform"},

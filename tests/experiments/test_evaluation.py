@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from experiments import rundir
+from experiments.training import rundir
 from experiments.config import CONFIG_DIR, load_run_config
-from experiments.evaluation import isolated_rng
-from experiments.trainer import train
+from experiments.training.evaluation import isolated_rng
+from experiments.training.trainer import train
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from experiments import rundir
+from experiments.training import rundir
 from experiments.benchmarks.localdata import DATA_ENV
-from experiments.cli import main
+from balancebench.main import main
 from experiments.config import CONFIG_DIR
 
 

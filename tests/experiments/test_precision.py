@@ -10,8 +10,8 @@ import torch
 
 from experiments.config import load_run_config
 from experiments.errors import ConfigError
-from experiments.precision import Precision
-from experiments.trainer import Trainer
+from experiments.training.precision import Precision
+from experiments.training.trainer import Trainer
 
 
 def _trainer(out: str, balancer: dict, precision: str) -> Trainer:

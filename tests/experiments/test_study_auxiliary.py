@@ -11,12 +11,12 @@ import pytest
 from balancers import create_balancer
 from experiments.config import CONFIG_DIR
 from experiments.errors import ConfigError
-from experiments.evaluation import delta_m
+from experiments.training.evaluation import delta_m
 from experiments.benchmarks.base import MetricSpec
-from experiments.study import run_study
-from experiments.study_config import load_study_config
-from experiments.study_plan import make_plan
-from experiments.study_storage import open_storage
+from experiments.studies.driver import run_study
+from experiments.studies.config import load_study_config
+from experiments.studies.plan import make_plan
+from experiments.studies.storage import open_storage
 from tests.experiments.test_study import GROUP, study_cfg
 
 AUXILIARY = CONFIG_DIR / "studies" / "auxiliary.yaml"

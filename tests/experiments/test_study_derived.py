@@ -10,12 +10,12 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from experiments.cli import main
+from balancebench.main import main
 from experiments.config import CONFIG_DIR, deep_merge
 from experiments.errors import NonFiniteLossError
-from experiments.study import run_study
-from experiments.study_config import StudyConfig, study_config_from_dict
-from experiments.study_results import display_table, results_table
+from experiments.studies.driver import run_study
+from experiments.studies.config import StudyConfig, study_config_from_dict
+from experiments.studies.results import display_table, results_table
 
 GROUP = "synthetic-default-tiny"
 
@@ -77,7 +77,7 @@ def _drop_weight_columns(real_train, run_cfg, run_dir, resume, on_epoch):
 ])
 def test_a_missing_input_is_one_line_and_a_row_with_the_reason(tmp_path: Path, monkeypatch, capsys,
                                                                action: Any, reason: str) -> None:
-    import experiments.trainer as trainer
+    import experiments.training.trainer as trainer
 
     monkeypatch.setattr(trainer, "train", _famo_reruns(trainer.train, action))
     cfg = tiny_study(tmp_path, methods=["famo", "fixed_from_famo"])
@@ -92,7 +92,7 @@ def test_a_missing_input_is_one_line_and_a_row_with_the_reason(tmp_path: Path, m
 
 
 def test_no_completed_famo_trial_is_a_row_with_the_reason(tmp_path: Path, monkeypatch) -> None:
-    import experiments.trainer as trainer
+    import experiments.training.trainer as trainer
 
     real_train = trainer.train
 

@@ -1,0 +1,124 @@
+"""The functions behind ``balancebench list | train | stl | toy`` (tests call them directly)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from experiments.config import RunConfig, deep_merge, load_run_config, parse_set, run_config_from_dict, to_dict
+
+
+def list_command(args: argparse.Namespace) -> int:
+    from balancers import balancer_info, list_balancers
+    from experiments.benchmarks import benchmark_class, list_benchmarks
+
+    print("balancers:")
+    for name in list_balancers():
+        print(f"  {name:<16} {balancer_info(name).description}")
+    print("benchmarks:")
+    for name in list_benchmarks():
+        try:
+            cls = benchmark_class(name)
+        except ImportError as exc:  # e.g. an optional dependency missing
+            print(f"  {name:<16} unavailable: {exc}")
+            continue
+        doc = next(iter((cls.__doc__ or name).strip().splitlines()), name)
+        print(f"  {name:<16} variants: {', '.join(cls.variants):<20} {doc}")
+    return 0
+
+
+def cli_overrides(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The config values set on the command line: flags, then ``--set`` (later ones win)."""
+    overrides: dict[str, Any] = dict(extra or {})
+    if getattr(args, "balancer", None):
+        overrides.setdefault("balancer", {})["name"] = args.balancer
+    if getattr(args, "seed", None) is not None:
+        overrides["seed"] = args.seed
+    if getattr(args, "out", None):
+        overrides["out"] = args.out
+    if getattr(args, "device", None):
+        overrides.setdefault("train", {})["device"] = args.device
+    if getattr(args, "quiet", False):
+        overrides.setdefault("train", {})["progress"] = False
+    return deep_merge(overrides, parse_set(getattr(args, "overrides", []) or []))
+
+
+def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> RunConfig:
+    """YAML + scale + CLI flags + ``--set`` overrides (later ones win)."""
+    return load_run_config(args.config, args.scale, cli_overrides(args, extra))
+
+
+def train_command(args: argparse.Namespace) -> int:
+    from experiments.training import distributed
+    from experiments.errors import RunInterrupted, UserError
+    from experiments.training.trainer import load_run_dir_config, train
+
+    if getattr(args, "nproc", 1) != 1:  # N workers, each running this command without --nproc
+        from experiments.errors import ConfigError
+        from balancebench.launch import launch
+
+        if not args.resume and args.config and config_from_args(args).train.batch_size % max(args.nproc, 1):
+            raise ConfigError(f"train.batch_size is the global batch and must be divisible by --nproc {args.nproc}")
+        return launch(args.nproc, args.argv, args.entry)
+
+    if args.resume:
+        if args.config or args.scale:
+            raise UserError("--resume continues a run with the config it was trained with; leave out --config/--scale")
+        run_dir = Path(args.resume)
+        # flags and --set apply on top of the run's config; train() refuses any that changes what is trained
+        cfg = run_config_from_dict(deep_merge(to_dict(load_run_dir_config(run_dir)), cli_overrides(args)))
+    elif not args.config:
+        raise UserError("train needs --config FILE (or --resume RUN_DIR)")
+    else:
+        run_dir, cfg = None, config_from_args(args)
+    try:
+        result = train(cfg, run_dir, resume=bool(args.resume))
+    except RunInterrupted as exc:
+        if exc.run_dir is not None:
+            exc.continue_with = f"balancebench train --resume {shlex.quote(str(exc.run_dir))}"
+        raise
+    summary = result.summary
+    if distributed.current().rank > 0:  # under torchrun: rank 0 reports the run
+        return 0
+    if result.already_finished:
+        print(f"balancebench: {result.run_dir} is already finished ({summary.get('epochs_trained')} epochs); "
+              "left as it is", file=sys.stderr)
+    print(f"status: {summary.get('status')}  best epoch: {summary.get('best_epoch')}  "
+          f"best val objective (Δm% vs {summary.get('reference')}): {summary.get('best_val_objective')}")
+    print(f"test metrics at best epoch: {summary.get('test_metrics')}")
+    print(result.run_dir)
+    return 0
+
+
+def stl_command(args: argparse.Namespace) -> int:
+    from experiments.training.stl import train_stl_references
+
+    cfg = config_from_args(args)
+    out = Path(args.out) if args.out else Path(cfg.out) / f"stl_{cfg.benchmark.name}"
+    path = train_stl_references(cfg, out)
+    print(path)
+    return 0
+
+
+def toy_command(args: argparse.Namespace) -> int:
+    from experiments.training.toy_runs import run_toy
+
+    from balancers import balancer_info
+    from experiments.errors import UserError
+
+    names = [n.strip() for n in args.balancers.split(",") if n.strip()]
+    if not names:
+        raise UserError(f"--balancers: give at least one balancer name, got {args.balancers!r}")
+    for name in names:  # before any run starts, not after the others have trained
+        try:
+            balancer_info(name)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    table = run_toy(names, scale=args.scale, overrides=parse_set(args.overrides), out=Path(args.out),
+                    progress=not args.quiet, workers=args.workers)
+    print(table.to_markdown(index=False))
+    print(Path(args.out) / "toy_pareto.csv")
+    return 0

@@ -1,0 +1,1 @@
+"""Tests of `balancebench` (mirrors the package)."""

@@ -1,0 +1,1 @@
+"""Tests of `experiments.benchmarks` (mirrors the package)."""

@@ -1,0 +1,1 @@
+"""Tests of `experiments.cost` (mirrors the package)."""

@@ -1,0 +1,1 @@
+"""Tests of `experiments.studies` (mirrors the package)."""

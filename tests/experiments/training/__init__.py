@@ -1,0 +1,1 @@
+"""Tests of `experiments.training` (mirrors the package)."""
