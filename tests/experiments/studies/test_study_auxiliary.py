@@ -17,7 +17,7 @@ from experiments.studies.driver import run_study
 from experiments.studies.config import load_study_config
 from experiments.studies.plan import make_plan
 from experiments.studies.storage import open_storage
-from tests.experiments.test_study import GROUP, study_cfg
+from tests.experiments.studies.test_study import GROUP, study_cfg
 
 AUXILIARY = CONFIG_DIR / "studies" / "auxiliary.yaml"
 
