@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments import cli
+from balancebench import main as cli
 from experiments.config import load_run_config, parse_set
 
 ROOT = Path(__file__).resolve().parent.parent
