@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from experiments.config import RunConfig, load_run_config, parse_set
+from experiments.config import RunConfig, deep_merge, load_run_config, parse_set
 
 
 def list_command(args: argparse.Namespace) -> int:
@@ -82,8 +82,14 @@ def toy_command(args: argparse.Namespace) -> int:
     from experiments.toy_runs import run_toy
 
     names = [n.strip() for n in args.balancers.split(",") if n.strip()]
-    table = run_toy(names, scale=args.scale, overrides=parse_set(args.overrides), out=Path(args.out),
+    chosen: dict[str, Any] = {"benchmark": {}}
+    if getattr(args, "variant", None):
+        chosen["benchmark"]["variant"] = args.variant
+    if getattr(args, "dtype", None):
+        chosen["benchmark"]["options"] = {"dtype": args.dtype}
+    overrides = deep_merge(chosen, parse_set(args.overrides))  # --set wins
+    table = run_toy(names, scale=args.scale, overrides=overrides, out=Path(args.out),
                     progress=not args.quiet, workers=args.workers)
-    print(table.to_markdown(index=False))
+    print(table.drop(columns=["run_dir"]).to_markdown(index=False, floatfmt=".4g"))
     print(Path(args.out) / "toy_pareto.csv")
     return 0

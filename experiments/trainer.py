@@ -105,6 +105,12 @@ def build_balancer(cfg: RunConfig, bench: Benchmark) -> Balancer:
         raise UserError(str(exc)) from None
 
 
+def task_losses(bench: Benchmark, outputs: Any, batch: Any) -> Tensor:
+    """(K,) training losses in float32 (bf16 autocast promoted), float64 kept (a float64 model)."""
+    losses = bench.losses(outputs, batch)
+    return losses if losses.dtype == torch.float64 else losses.float()
+
+
 class LossClosureFactory:
     """Builds the same-batch closure of :data:`balancers.LossClosure` for one batch.
 
@@ -136,7 +142,7 @@ class LossClosureFactory:
                         state = dict(self.model.named_parameters()) if params is None else dict(params)
                         state.update({k: v.clone() for k, v in self.model.named_buffers()})
                         outputs = functional_call(self.model, state, (inputs,))
-                    return self.bench.losses(outputs, batch).float()
+                    return task_losses(self.bench, outputs, batch)
 
         return closure
 
@@ -156,7 +162,8 @@ class Trainer:
         except ValueError as exc:
             raise UserError(str(exc)) from None
         self.model = self.bench.build_model(**cfg.model).to(self.device)
-        self.balancer = build_balancer(cfg, self.bench).to(self.device)
+        float64 = any(p.dtype == torch.float64 for p in self.model.parameters())  # e.g. the toy's dtype option
+        self.balancer = build_balancer(cfg, self.bench).to(device=self.device, dtype=torch.float64 if float64 else None)
         self.balancer.check_values = False  # the trainer checks losses lazily (see _check_window)
         self.info = balancer_info(cfg.balancer.name)  # known: build_balancer checked it
         params = list(self.model.parameters())
@@ -190,7 +197,7 @@ class Trainer:
         rng = self.closures.capture() if self.uses_closure else None
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             outputs = self.model(self.bench.inputs(batch))
-            losses = self.bench.losses(outputs, batch).float()
+            losses = task_losses(self.bench, outputs, batch)
         closure = self.closures.make(batch, rng) if rng is not None else None
         loss = self.balancer(losses, closure=closure)
         loss.backward()
