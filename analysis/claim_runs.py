@@ -190,14 +190,17 @@ class ClaimRuns:
         return cached_epoch_seconds(self.root, run_dirs)
 
     def toy(self, toy_dir: str | Path | None = None) -> Any:
-        """FAMO Fig. 1 runs (uniform and FAMO from the five starts): reused from ``toy_dir`` (e.g.
-        ``balancebench toy --out DIR``) when given, else trained under ``out/<scale>/toy``."""
+        """FAMO Fig. 1 runs (uniform and FAMO from the five starts, the ``official`` toy of
+        configs/toy.yaml: the authors' objective, bounds and 50,000 steps, θ in float64): reused
+        from ``toy_dir`` (e.g. ``balancebench toy --out DIR``) when given, else trained under
+        ``out/<scale>/toy``. A finished run trained with another configuration (variant, steps,
+        dtype, hyperparameters) is refused with one line, never reused (experiments.training.toy_runs)."""
         from experiments.training.toy_runs import run_toy
 
         out = Path(toy_dir) if toy_dir else self.root / "toy"
-        self.say(f"toy runs (uniform, famo x 5 starts) in {out}")
+        self.say(f"toy runs (official; uniform, famo x 5 starts) in {out}")
         return run_toy(["uniform", "famo"], scale="tiny" if self.plan.scale == "tiny" else self.plan.scale,
-                       out=out, progress=False, workers=2)
+                       overrides={"benchmark": {"variant": "official"}}, out=out, progress=False, workers=2)
 
 
 def _setting(config: str, variant: str | None, extra: dict[str, Any] | None) -> str:

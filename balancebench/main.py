@@ -70,6 +70,10 @@ def _add_toy(sub: Any) -> None:
     p = sub.add_parser("toy", help="FAMO Fig. 1: run balancers from the five toy starts, report Pareto distances")
     p.add_argument("--balancers", default="uniform,famo", help="comma-separated names")
     p.add_argument("--scale", choices=SCALES, default="small")
+    p.add_argument("--variant", choices=("official", "appendix_d"), default=None,
+                   help="official (default): the authors' code that drew Fig. 1; appendix_d: the objective as printed")
+    p.add_argument("--dtype", choices=("float32", "float64"), default=None,
+                   help="θ's dtype (default float64, configs/toy.yaml; the reference code runs float32)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", default="runs/toy")
     p.add_argument("--workers", type=int, default=1, help="parallel processes (one run each)")

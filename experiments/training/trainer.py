@@ -60,6 +60,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def task_losses(bench: Benchmark, outputs: Any, batch: Any) -> Tensor:
+    """(K,) training losses in float32 (bf16 autocast promoted), float64 kept (a float64 model)."""
+    losses = bench.losses(outputs, batch)
+    return losses if losses.dtype == torch.float64 else losses.float()
+
+
 class LossClosureFactory:
     """Builds the same-batch closure of :data:`balancers.LossClosure` for one batch.
 
@@ -91,7 +97,7 @@ class LossClosureFactory:
                         state = dict(self.model.named_parameters()) if params is None else dict(params)
                         state.update({k: v.clone() for k, v in self.model.named_buffers()})
                         outputs = functional_call(self.model, state, (inputs,))
-                    return self.bench.losses(outputs, batch).float()
+                    return task_losses(self.bench, outputs, batch)
 
         return closure
 
@@ -109,7 +115,8 @@ class Trainer:
         seed_everything(cfg.seed)
         self.bench = build_benchmark(cfg)
         self.model = build_model(cfg, self.bench).to(self.device)
-        self.balancer = build_balancer(cfg, self.bench).to(self.device)
+        float64 = any(p.dtype == torch.float64 for p in self.model.parameters())  # e.g. the toy's dtype option
+        self.balancer = build_balancer(cfg, self.bench).to(device=self.device, dtype=torch.float64 if float64 else None)
         self.balancer.check_values = False  # the trainer checks losses lazily (see _check_window)
         self.info = balancer_info(cfg.balancer.name)  # known: build_balancer checked it
         self.replica.check_balancer(cfg.balancer.name, self.info.needs_task_grads)
@@ -142,7 +149,7 @@ class Trainer:
         rng = self.closures.capture() if self.uses_closure else None
         with self.precision.autocast():
             outputs = self.forward_model(self.bench.inputs(batch))
-            losses = self.bench.losses(outputs, batch).float()  # the balancers' arithmetic stays fp32
+            losses = task_losses(self.bench, outputs, batch)  # fp32 (fp64 kept): never the autocast dtype
         n_local = self.bench.batch_size(batch)
         n_global = n_global or n_local
         losses = self.replica.global_losses(losses, n_local, n_global)  # identical on every rank

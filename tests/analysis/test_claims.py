@@ -92,19 +92,31 @@ def test_f7_counts_a_diverged_run_as_that_methods_failure(tmp_path: Path) -> Non
     assert "failed runs counted as the worst value observed (famo s/epoch: 1)" in claim_checks.check_f7(runs)[2].reason
 
 
-def toy_table(famo_reached: list[bool], uniform_reached: list[bool]) -> pd.DataFrame:
-    rows = [{"balancer": b, "reached_front": r, "pareto_distance": 0.001 if r else 0.9}
-            for b, flags in (("famo", famo_reached), ("uniform", uniform_reached)) for r in flags]
+def toy_table(famo: list[str], uniform: list[str]) -> pd.DataFrame:
+    """A toy table whose starts are classified as given (on / off / undecided)."""
+    distance = {"on": 0.0001, "undecided": 0.03, "off": 0.9}
+    rows = [{"balancer": b, "start": f"s{i}", "front": f, "pareto_distance": distance[f], "variant": "official",
+             "dtype": "float64", "steps": 50_000} for b, flags in (("famo", famo), ("uniform", uniform))
+            for i, f in enumerate(flags)]
     return pd.DataFrame(rows)
 
 
-def test_f1_counts_starts_on_the_front() -> None:
-    ok = claim_checks.check_f1(FakeRuns({}, (), toy_table([True] * 5, [True, False, True, True, True])))
-    assert ok[2].verdict == SUPPORTED and "5/5" in ok[0] and "1/5" in ok[0]
-    famo_miss = claim_checks.check_f1(FakeRuns({}, (), toy_table([True] * 4 + [False], [False] * 5)))
-    assert famo_miss[2].verdict == NOT_SUPPORTED
-    uniform_ok = claim_checks.check_f1(FakeRuns({}, (), toy_table([True] * 5, [True] * 5)))
-    assert uniform_ok[2].verdict == NOT_SUPPORTED
+def test_f1_decides_with_a_margin_and_undecided_starts_make_it_inconclusive() -> None:
+    def verdict(famo: list[str], uniform: list[str]):
+        return claim_checks.check_f1(FakeRuns({}, (), toy_table(famo, uniform)))
+
+    ok = verdict(["on"] * 5, ["on", "off", "on", "on", "on"])
+    assert ok[2].verdict == SUPPORTED and "5/5 on" in ok[0] and "1 off" in ok[0]
+    assert "<= 0.002" in ok[2].test and ">= 0.2" in ok[2].test  # the rule is stated with the verdict
+    assert verdict(["on"] * 4 + ["off"], ["off"] * 5)[2].verdict == NOT_SUPPORTED
+    assert verdict(["on"] * 5, ["on"] * 5)[2].verdict == NOT_SUPPORTED
+    # a FAMO start between tol/10 and 10·tol could go either way: no verdict on it
+    famo_undecided = verdict(["on"] * 4 + ["undecided"], ["off"] * 5)
+    assert famo_undecided[2].verdict == INCONCLUSIVE and "s4" in famo_undecided[2].reason
+    assert verdict(["on"] * 5, ["on"] * 4 + ["undecided"])[2].verdict == INCONCLUSIVE
+    # ... unless the decided starts settle it either way
+    assert verdict(["on"] * 5, ["undecided", "off", "on", "on", "on"])[2].verdict == SUPPORTED
+    assert verdict(["undecided", "off", "on", "on", "on"], ["off"] * 5)[2].verdict == NOT_SUPPORTED
 
 
 def test_f6_prop_6_holds_numerically_and_the_control_moves() -> None:

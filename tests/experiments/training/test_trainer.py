@@ -156,8 +156,9 @@ def test_min_losses_from_benchmark_bounds_reach_famo(tmp_path: Path) -> None:
     cfg = load_run_config(CONFIG_DIR / "toy.yaml", "tiny", {"train": {"epochs": 1, "progress": False},
                                                             "benchmark": {"options": {"steps_per_epoch": 10}}})
     trainer = Trainer(cfg, tmp_path / "toy")
-    assert trainer.balancer.min_losses.tolist() == [-2.0, -20.0]
-    assert trainer.balancer.update == "lagged" and trainer.balancer.gamma == 0.0
+    # the official toy: the reference trainer's FAMO bounds [-0.1 * 21, -21], not the infima
+    assert trainer.balancer.min_losses.tolist() == pytest.approx([-2.1, -21.0], abs=1e-6)
+    assert trainer.balancer.update == "lagged" and trainer.balancer.gamma == 0.0 and trainer.balancer.w_lr == 0.025
     assert not trainer.uses_closure
 
 
