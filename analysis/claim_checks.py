@@ -65,12 +65,13 @@ def _f1_part(starts: pd.DataFrame, method: str, need_all_on: bool) -> Verdict:
     test = f"{method}: starts with distance <= {ON_FRONT:g} (on), >= {OFF_FRONT:g} (off), else undecided"
     counts = f"{on} on, {off} off, {len(undecided)} undecided ({', '.join(undecided) or 'none'}) of {n}"
     if n == 0:
-        return Verdict(INCONCLUSIVE, test, f"no {method} runs")
+        return Verdict(INCONCLUSIVE, test, f"no {method} runs", exact=True)
     if need_all_on:
         kind = NOT_SUPPORTED if off else SUPPORTED if on == n else INCONCLUSIVE
     else:
         kind = SUPPORTED if off else NOT_SUPPORTED if on == n else INCONCLUSIVE
-    return Verdict(kind, test, counts, {"on": on, "off": off, "undecided": len(undecided)})
+    # deterministic counts (no sampling model): decided by their own verdict, outside Holm
+    return Verdict(kind, test, counts, {"on": on, "off": off, "undecided": len(undecided)}, exact=True)
 
 
 def check_f1(runs: ClaimRuns, toy_dir: str | Path | None = None) -> Outcome:
