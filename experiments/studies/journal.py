@@ -200,9 +200,18 @@ def torn_tail(path: str | Path) -> bool:
         return False
 
 
+def _has_complete_line(path: str | Path) -> bool:
+    """Whether the file holds at least one line end (a journal's records each end with one)."""
+    with open(path, "rb") as handle:
+        return any(b"\n" in chunk for chunk in iter(lambda: handle.read(1 << 20), b""))
+
+
 def open_journal(path: str | Path, *, writer: bool) -> JournalStorage:
     """A journal storage at ``path``; a ``writer`` repairs a torn last line now, a reader says it
     is ignored. Damage anywhere else is a one-line :class:`JournalDamaged`."""
+    if torn_tail(path) and not _has_complete_line(path):  # e.g. a text file given as --storage
+        raise UserError(f"{path} is not a balancebench journal (not one complete record); "
+                        "give the study's journal file, or a new path")
     backend = CheckedJournalBackend(str(path))
     if writer:
         backend.repair()

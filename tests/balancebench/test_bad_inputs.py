@@ -81,8 +81,10 @@ def test_unknown_hyperparameter(tmp_path: Path, capsys) -> None:
 
 
 def test_famo_losses_below_min_losses_explain_min_losses(tmp_path: Path, capsys) -> None:
-    # the toy's losses go negative; with min_losses 0 FAMO's log(loss - min) is undefined
+    # the toy's losses go negative (Appendix D's f2 at the start (9, 9): log(5e-6) + 6 < 0; the default
+    # official toy's stay positive there); with min_losses 0 FAMO's log(loss - min) is undefined
     args = train_args(tmp_path, "--balancer", "famo", "--set", "balancer.hparams.min_losses=[0, 0]",
+                      "--set", "benchmark.variant=appendix_d",
                       "--set", "benchmark.options.steps_per_epoch=50", "--set", "train.epochs=1",
                       "--set", "train.check_every=5", config=TOY)
     assert_one_line(*run_cli(args, capsys), "non-finite loss", "min_losses")

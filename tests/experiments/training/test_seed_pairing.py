@@ -29,9 +29,9 @@ def trace(config: str, balancer: str, seed: int, tmp_path: Path) -> dict[str, ob
     seen: list[tuple[list[torch.Tensor], torch.Tensor]] = []
     original = trainer.train_step
 
-    def recording_step(batch: object) -> None:
+    def recording_step(batch: object, *args: object) -> None:
         seen.append(([t.clone() for t in batch], torch.get_rng_state()))
-        original(batch)
+        original(batch, *args)
 
     trainer.train_step = recording_step  # type: ignore[method-assign]
     trainer.run()
