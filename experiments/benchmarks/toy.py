@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from experiments.benchmarks.base import Benchmark, MetricSpec, MultiTaskModel
 
 #: the five starting points of the FAMO (and Nash-MTL) reference code's toy (``inits`` in
-#: experiments/toy/trainer.py); the paper's §5.1 text lists another set, see docs/fidelity_parts/toy10.md
+#: experiments/toy/trainer.py); the paper's §5.1 text lists another set, see docs/fidelity.md
 STARTS: tuple[tuple[float, float], ...] = ((-8.5, 7.5), (0.0, 0.0), (9.0, 9.0), (-7.5, -0.5), (9.0, -1.0))
 #: the clamp inside f1 and f2 (``LOWER`` in the reference code, 0.000005 in Appendix D)
 _LOWER = 5e-6

@@ -200,7 +200,7 @@ def test_nashmtl_direction_equals_the_reference_solver() -> None:
     """TorchJD's NashMTL weighting (the reference code's cvxpy/ECOS sequential solver; max_norm 0 = no
     clipping) and ``nashmtl`` give proportional weights: the same update direction. The reference's
     α solves (G Gᵀ) α = 1/α on the unnormalised Gramian; the scale of ``nashmtl``'s weights is
-    compared in docs/fidelity_parts (it depends on which system ``nash_weights`` solves)."""
+    compared in docs/fidelity.md (it depends on which system ``nash_weights`` solves)."""
     pytest.importorskip("ecos", reason="TorchJD's NashMTL needs the torchjd[nash-mtl] extra (dev dependency)")
     from torchjd.aggregation._nash_mtl import _NashMTLWeighting
 

@@ -151,7 +151,7 @@ def test_cache_file_per_feature_set(monkeypatch: pytest.MonkeyPatch, tmp_path: P
 
 def test_perceived_bonds_match_the_gdb_smiles(bench: QM9Benchmark) -> None:
     """RDKit's perception from the xyz geometry against qm9pack's GDB SMILES, first 1,000 molecules
-    (all 130,831: docs/fidelity_parts/qm910.md)."""
+    (all 130,831: docs/fidelity.md)."""
     _, smiles = qm9.data.read_smiles(qm9.qm9pack_data_dir(), 1_000)
     result = compare_with_smiles(bench.store, smiles)
     assert result["molecules"] == 1_000
