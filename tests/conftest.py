@@ -288,7 +288,7 @@ def toy_runs_float32(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
-def postgres_url():
+def postgres_server():
     """A real PostgreSQL 15 cluster on loopback for this test session (stopped afterwards)."""
     from tests.support.postgres import pg_available, throwaway_postgres
 
@@ -297,3 +297,11 @@ def postgres_url():
         pytest.skip(why)
     with throwaway_postgres() as url:
         yield url
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> str:
+    """A fresh, empty database on the session's cluster for each test: no test sees another's studies."""
+    from tests.support.postgres import fresh_database
+
+    return fresh_database(postgres_server)

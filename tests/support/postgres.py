@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -66,3 +67,22 @@ def throwaway_postgres() -> Iterator[str]:
     finally:
         subprocess.run(_as_user(["pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop"]), capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
+
+
+_DATABASES = itertools.count()
+
+
+def fresh_database(server_url: str) -> str:
+    """Create a new empty database on the cluster behind ``server_url``; return its SQLAlchemy URL."""
+    import psycopg2
+
+    name = f"bb_test_{os.getpid()}_{next(_DATABASES)}"
+    dsn = server_url.replace("postgresql+psycopg2://", "postgresql://")
+    conn = psycopg2.connect(dsn)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        conn.close()
+    return server_url.rsplit("/", 1)[0] + "/" + name
