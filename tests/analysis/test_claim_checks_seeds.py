@@ -31,7 +31,8 @@ class SeedRuns:
                  times: dict[tuple[str, int], float | None] | None = None) -> None:
         self.root, self.make, self.times = root, make, times or {}
         self.seeds = tuple(range(1, n_seeds + 1))
-        self.plan = SimpleNamespace(scale=scale, seeds=self.seeds, looks=(n_seeds,), balancers=("famo", "marigold"))
+        self.plan = SimpleNamespace(scale=scale, seeds=self.seeds, looks=(n_seeds,), balancers=("famo", "marigold"),
+                                    gamma_configs=("multimnist", "synthetic", "qm9"), similar_variants=("CL_CR", "RL_RR"))
         self.alpha = ALPHA
         self.asked: list[dict] = []
         self.built: dict[tuple, Path] = {}
@@ -279,3 +280,16 @@ def test_f13_one_sample_rule_false_supported_at_the_bound() -> None:
         bound = np.full_like(dev, seeds.NEAR_HALF)
         p_support, _ = paired_t_p(bound - dev, scale(dev, bound))
         assert (p_support <= ALPHA).mean() <= BOUND
+
+
+def test_tiny_plan_keeps_the_new_claims_cheap_and_the_checks_follow_the_plan(tmp_path: Path) -> None:
+    from analysis.claim_runs import PLANS
+
+    assert PLANS["tiny"].gamma_configs == ("multimnist",) and PLANS["tiny"].similar_variants == ("RL_RR",)
+    for scale in ("small", "full"):
+        assert PLANS[scale].gamma_configs == ("multimnist", "synthetic", "qm9")
+        assert PLANS[scale].similar_variants == ("CL_CR", "RL_RR")
+    runs = SeedRuns(tmp_path, gamma_maker({}), n_seeds=3)
+    runs.plan.gamma_configs = ("multimnist",)
+    verdict = seeds.check_f9(runs)[2]
+    assert "Holm over 2 tested parts" in verdict.test and {a["config"] for a in runs.asked} == {"multimnist"}
