@@ -286,9 +286,9 @@ def test_tiny_plan_keeps_the_new_claims_cheap_and_the_checks_follow_the_plan(tmp
     from analysis.claim_runs import PLANS
 
     assert PLANS["tiny"].gamma_configs == ("multimnist",) and PLANS["tiny"].similar_variants == ("RL_RR",)
-    for scale in ("small", "full"):
-        assert PLANS[scale].gamma_configs == ("multimnist", "synthetic", "qm9")
-        assert PLANS[scale].similar_variants == ("CL_CR", "RL_RR")
+    for name in ("small", "full"):
+        assert PLANS[name].gamma_configs == ("multimnist", "synthetic", "qm9")
+        assert PLANS[name].similar_variants == ("CL_CR", "RL_RR")
     runs = SeedRuns(tmp_path, gamma_maker({}), n_seeds=3)
     runs.plan.gamma_configs = ("multimnist",)
     verdict = seeds.check_f9(runs)[2]
