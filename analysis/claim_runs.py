@@ -51,6 +51,9 @@ class ScalePlan:
     balancers: tuple[str, ...] = ("famo", "marigold")
     cosine_every: int = DEFAULT_COSINE_EVERY
     looks: tuple[int, ...] = (5, 7, 10)
+    #: F9's settings (FAMO's γ ablation) by config name, and F13's two-similar-task variants
+    gamma_configs: tuple[str, ...] = ("multimnist", "synthetic", "qm9")
+    similar_variants: tuple[str, ...] = ("CL_CR", "RL_RR")
 
     def __post_init__(self) -> None:
         if not self.looks or list(self.looks) != sorted(set(self.looks)) or self.looks[-1] > len(self.seeds):
@@ -70,7 +73,7 @@ PLANS: dict[str, ScalePlan] = {
         "multimnist": {"train": {"epochs": 2, "log_every": 1}},
         "synthetic": {"train": {"epochs": 2, "log_every": 2}},
         "qm9": {"train": {"epochs": 1, "max_steps_per_epoch": 2, "log_every": 1}},
-    }, cosine_every=4, looks=(2,)),
+    }, cosine_every=4, looks=(2,), gamma_configs=("multimnist",), similar_variants=("RL_RR",)),  # CI time
     "small": ScalePlan("small", EVIDENCE_SEEDS, {
         "multimnist": {"train": {"log_every": 4}},
         "synthetic": {"train": {"epochs": 10, "log_every": 4}},

@@ -127,22 +127,22 @@ def test_f6_prop_6_holds_numerically_and_the_control_moves() -> None:
 
 
 def test_unknown_claim_ids_are_user_errors(capsys) -> None:
-    assert [c.id for c in select(None)] == ["F1", "F2", "F3", "F4", "F5", "F6", "F7", "F8"] == list(CLAIMS)
-    assert [c.id for c in select("f6, F2")] == ["F6", "F2"]
+    assert [c.id for c in select(None)] == [f"F{i}" for i in range(1, 14)] == list(CLAIMS)
+    assert [c.id for c in select("f6, F2, f13")] == ["F6", "F2", "F13"]
     with pytest.raises(UserError, match="unknown claim id"):
-        select("F9")
-    assert main(["claims", "--only", "F9", "--out", "unused"]) == 2
-    assert "unknown claim id(s) F9" in capsys.readouterr().err
+        select("F14")
+    assert main(["claims", "--only", "F14", "--out", "unused"]) == 2
+    assert "unknown claim id(s) F14" in capsys.readouterr().err
 
 
 @pytest.mark.slow
-def test_claims_tiny_prints_all_eight_rows_with_numbers(toy_runs, tmp_path: Path, capsys) -> None:
+def test_claims_tiny_prints_all_thirteen_rows_with_numbers(toy_runs, tmp_path: Path, capsys) -> None:
     _, toy_dir = toy_runs
     code = main(["claims", "--scale", "tiny", "--out", str(tmp_path), "--toy-dir", str(toy_dir), "--quiet"])
     assert code == 0
     printed = capsys.readouterr().out
-    rows = {r.split("|")[1].strip(): r for r in printed.splitlines() if re.match(r"\|\s*F\d\s*\|", r)}
-    assert list(rows) == ["F1", "F2", "F3", "F4", "F5", "F6", "F7", "F8"]
+    rows = {r.split("|")[1].strip(): r for r in printed.splitlines() if re.match(r"\|\s*F\d+\s*\|", r)}
+    assert list(rows) == [f"F{i}" for i in range(1, 14)]
     table = pd.read_csv(tmp_path / "tiny" / "claims.csv").set_index("id")
     assert list(table.columns) == ["claim", "source", "verdict", "seeds_per_group", "test", "p_value", "measured"]
     assert set(table["verdict"]) <= {SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE}
@@ -151,7 +151,7 @@ def test_claims_tiny_prints_all_eight_rows_with_numbers(toy_runs, tmp_path: Path
         assert row["test"] and row["source"].startswith("seed 00")
     assert table.loc["F1", "verdict"] == SUPPORTED  # the toy fixture: FAMO 5/5, uniform fails
     assert table.loc["F6", "verdict"] == SUPPORTED
-    for claim_id in ("F2", "F3", "F4", "F7", "F8"):  # two seeds at tiny scale: too few for a seed-level test
+    for claim_id in ("F2", "F3", "F4", "F7", "F8", "F9", "F10", "F11", "F12", "F13"):  # two seeds at tiny: too few
         assert table.loc[claim_id, "verdict"] == INCONCLUSIVE and "too few seeds" in rows[claim_id]
         assert str(table.loc[claim_id, "seeds_per_group"]) == "2" and pd.isna(table.loc[claim_id, "p_value"])
     # a second call reuses every finished run (and F7's timing) and answers the same
