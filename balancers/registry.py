@@ -178,7 +178,7 @@ def _load_path(path: str) -> BalancerInfo:
     if info.name != path:
         _ALIASES[path] = info.name
     if _ORIGINS[info.name].startswith("registered by"):
-        _ORIGINS[info.name] = "dotted path"
+        _ORIGINS[info.name] = "dotted path" if info.name == path else f"dotted path {path}"
     return info
 
 
