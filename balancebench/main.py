@@ -49,6 +49,8 @@ def _add_train(sub: Any) -> None:
                    help="continue an interrupted run directory with the config it was trained with "
                         "(a finished run is left as it is)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard event files into the run directory (train.tensorboard)")
     p.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="data-parallel processes on this machine (torch's elastic launcher, as torchrun); "
                         "train.batch_size stays the global batch")

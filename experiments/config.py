@@ -104,6 +104,9 @@ class TrainConfig:
     #: legacy: bf16 autocast on CUDA only (ignored on CPU); prefer ``precision: bf16``
     bf16: bool = False
     progress: Annotated[bool, Runtime()] = True
+    #: also write TensorBoard event files into the run directory (losses, weights, metrics, cosine
+    #: probe), rank 0 only, from the rows of the CSV files (needs ``balancebench[tensorboard]``)
+    tensorboard: Annotated[bool, Runtime()] = False
     num_threads: Annotated[int, Range(ge=1, le=4096), Runtime()] | None = None
 
 

@@ -24,6 +24,8 @@ def cli_overrides(args: argparse.Namespace, extra: dict[str, Any] | None = None)
         overrides.setdefault("train", {})["device"] = args.device
     if getattr(args, "quiet", False):
         overrides.setdefault("train", {})["progress"] = False
+    if getattr(args, "tensorboard", False):
+        overrides.setdefault("train", {})["tensorboard"] = True
     return deep_merge(overrides, parse_set(getattr(args, "overrides", []) or []))
 
 
