@@ -163,3 +163,32 @@ def test_a_study_takes_a_dotted_path_method(plugin) -> None:
     assert split_methods(["uniform", name, f"fixed_from_{name}"]) == (["uniform", name], {f"fixed_from_{name}": name})
     with pytest.raises(UserError, match="cannot import module"):
         split_methods(["no_such_module_xyz.sub:Half"])
+
+
+def test_entry_points_are_listed_with_their_distribution_and_checked(plugin, monkeypatch, capsys) -> None:
+    """Installed entry points (here: the discovery function's answer replaced) are found by name,
+    listed with their distribution, a broken one listed as unavailable with its reason, and one
+    whose class is registered under another name refused."""
+    from balancers import balancer_info, plugins
+
+    good = plugin(BALANCER.replace("@register(description=", '@register("half_ep", description='))
+    misnamed = plugin(BALANCER.replace("@register(description=", '@register("other_name", description='))
+    broken = plugin("import no_such_dependency_xyz\n")
+    bench = plugin(BENCHMARK)
+    advertised = {
+        plugins.BALANCER_GROUP: (plugins.EntryPoint("half_ep", f"{good}:Half", "half-dist 1.0"),
+                                 plugins.EntryPoint("broken_ep", f"{broken}:Half", "broken-dist 2.0"),
+                                 plugins.EntryPoint("misnamed_ep", f"{misnamed}:Half", "misnamed-dist 3.0")),
+        plugins.BENCHMARK_GROUP: (plugins.EntryPoint("mine_ep", f"{bench}:Mine", "bench-dist 0.1"),),
+    }
+    monkeypatch.setattr(plugins, "entry_points", lambda group: advertised.get(group, ()))
+    assert main(["list"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")}
+    assert "[entry point (half-dist 1.0)] half the sum" in rows["half_ep"]
+    assert "[entry point (broken-dist 2.0)] unavailable:" in rows["broken_ep"] and "no_such_dependency_xyz" in rows["broken_ep"]
+    assert "registered as 'other_name'" in rows["misnamed_ep"]
+    assert "variants: default" in rows["mine_ep"] and "[entry point (bench-dist 0.1)]" in rows["mine_ep"]
+    assert balancer_info("half_ep").cls.__module__ == good
+    with pytest.raises(ValueError, match="broken_ep.*cannot import module"):
+        balancer_info("broken_ep")
+    assert main(["check-balancer", "half_ep"]) == 0
