@@ -29,7 +29,7 @@ from experiments.studies.storage import default_storage_url
 HPARAMS = "balancer.hparams."
 #: run-config keys that do not change what a trial computes (left out of the protocol)
 _NOT_PROTOCOL = {"out", "name"}
-_NOT_PROTOCOL_TRAIN = {"progress", "num_threads", "device", "evaluate_test"}
+_NOT_PROTOCOL_TRAIN = {"progress", "num_threads", "device", "evaluate_test", "tensorboard"}
 
 
 @dataclass(frozen=True)
