@@ -92,7 +92,8 @@ def register(
         cls.registry_info = info  # type: ignore[attr-defined]
         _REGISTRY[key] = info
         top = cls.__module__.split(".")[0]
-        _ORIGINS[key] = BUILT_IN if top == "balancers" else "dotted path" if name is None else f"registered by {cls.__module__}"
+        origin = "dotted path" if name is None else f"registered by {cls.__module__}"
+        _ORIGINS[key] = BUILT_IN if top == "balancers" else origin
         return cls
 
     return decorate
