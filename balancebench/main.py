@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from experiments.config import CONFIG_DIR, SCALES  # noqa: F401  (CONFIG_DIR re-exported)
-from balancebench.commands import analysis, cost, demo, fixtures, runs, studies  # noqa: E402  (cheap: heavy imports are inside the commands)
+from balancebench.commands import analysis, cost, demo, fixtures, registry, runs, studies  # noqa: E402  (cheap: heavy imports are inside the commands)
 from experiments.errors import UserError, os_error_line, protect_output, redact
 
 #: what Ctrl-C leaves behind, for the commands whose work is saved as it goes and continued by
@@ -49,6 +49,8 @@ def _add_train(sub: Any) -> None:
                    help="continue an interrupted run directory with the config it was trained with "
                         "(a finished run is left as it is)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard event files into the run directory (train.tensorboard)")
     p.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="data-parallel processes on this machine (torch's elastic launcher, as torchrun); "
                         "train.batch_size stays the global batch")
@@ -85,8 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="balancebench", description="Fair comparisons of multi-task loss balancers.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("list", help="registered balancers, benchmarks and variants")
-    p.set_defaults(func=runs.list_command)
+    registry.add_parsers(sub)
     _add_train(sub)
     _add_stl(sub)
     _add_toy(sub)

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import yaml
 
-from experiments.errors import ConfigError
+from experiments.errors import ConfigError, UserError
 from experiments.schema import (Matches, NonEmpty, NonNegativeInt, OneOf, PositiveInt, Range, Runtime, build, fields,
                                 runtime_fields)
 
@@ -29,9 +29,33 @@ Name = Annotated[str, NonEmpty()]
 
 
 @dataclass(frozen=True)
+class Resolves:
+    """A benchmark or balancer name that resolves: built-in, an installed entry point's name or a
+    plug-in's dotted path ``package.module:ClassName`` (loaded here, so that a broken plug-in is a
+    one-line error when the config is read, naming the config path). Built-in benchmarks are
+    checked by name only (importing QM9 pulls in rdkit)."""
+
+    kind: str  # "benchmark" | "balancer"
+
+    def check(self, value: Any, path: str) -> None:
+        try:
+            if self.kind == "balancer":
+                from balancers import balancer_info
+
+                balancer_info(value)
+            else:
+                from experiments.benchmarks import benchmark_class, is_known
+
+                if not is_known(value):
+                    benchmark_class(value)
+        except (UserError, ValueError) as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+
+
+@dataclass(frozen=True)
 class BenchmarkConfig:
-    #: a registered benchmark (``balancebench list``); checked by the registry when it is built
-    name: Name = "toy"
+    #: a benchmark (``balancebench list``): built-in, an entry point's name, or ``package.module:Class``
+    name: Annotated[str, NonEmpty(), Resolves("benchmark")] = "toy"
     variant: Name | None = None
     #: constructor options of the benchmark (e.g. ``subset`` for QM9), checked against its signature
     options: dict[str, Any] = field(default_factory=dict)
@@ -39,8 +63,8 @@ class BenchmarkConfig:
 
 @dataclass(frozen=True)
 class BalancerConfig:
-    #: a registered balancer (``balancebench list``); checked by the registry when it is built
-    name: Name = "uniform"
+    #: a balancer (``balancebench list``): built-in, an entry point's name, or ``package.module:Class``
+    name: Annotated[str, NonEmpty(), Resolves("balancer")] = "uniform"
     #: constructor keyword arguments of the balancer, checked against its signature
     hparams: dict[str, Any] = field(default_factory=dict)
 
@@ -80,6 +104,9 @@ class TrainConfig:
     #: legacy: bf16 autocast on CUDA only (ignored on CPU); prefer ``precision: bf16``
     bf16: bool = False
     progress: Annotated[bool, Runtime()] = True
+    #: also write TensorBoard event files into the run directory (losses, weights, metrics, cosine
+    #: probe), rank 0 only, from the rows of the CSV files (needs ``balancebench[tensorboard]``)
+    tensorboard: Annotated[bool, Runtime()] = False
     num_threads: Annotated[int, Range(ge=1, le=4096), Runtime()] | None = None
 
 

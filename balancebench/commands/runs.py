@@ -1,4 +1,4 @@
-"""The functions behind ``balancebench list | train | stl | toy`` (tests call them directly)."""
+"""The functions behind ``balancebench train | stl | toy`` (tests call them directly)."""
 
 from __future__ import annotations
 
@@ -9,25 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from experiments.config import RunConfig, deep_merge, load_run_config, parse_set, run_config_from_dict, to_dict
-
-
-def list_command(args: argparse.Namespace) -> int:
-    from balancers import balancer_info, list_balancers
-    from experiments.benchmarks import benchmark_class, list_benchmarks
-
-    print("balancers:")
-    for name in list_balancers():
-        print(f"  {name:<16} {balancer_info(name).description}")
-    print("benchmarks:")
-    for name in list_benchmarks():
-        try:
-            cls = benchmark_class(name)
-        except ImportError as exc:  # e.g. an optional dependency missing
-            print(f"  {name:<16} unavailable: {exc}")
-            continue
-        doc = next(iter((cls.__doc__ or name).strip().splitlines()), name)
-        print(f"  {name:<16} variants: {', '.join(cls.variants):<20} {doc}")
-    return 0
 
 
 def cli_overrides(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -43,6 +24,8 @@ def cli_overrides(args: argparse.Namespace, extra: dict[str, Any] | None = None)
         overrides.setdefault("train", {})["device"] = args.device
     if getattr(args, "quiet", False):
         overrides.setdefault("train", {})["progress"] = False
+    if getattr(args, "tensorboard", False):
+        overrides.setdefault("train", {})["tensorboard"] = True
     return deep_merge(overrides, parse_set(getattr(args, "overrides", []) or []))
 
 

@@ -226,28 +226,35 @@ def resolve_config_path(name: str, relative_to: Path | None = None) -> Path:
 
 
 def split_methods(methods: list[str]) -> tuple[list[str], dict[str, str]]:
-    """(methods searched with Optuna, {fixed_from_X: X}); ``X`` is added when it is missing."""
-    from balancers import list_balancers
-
-    valid = list_balancers()
+    """(methods searched with Optuna, {fixed_from_X: X}); ``X`` is added when it is missing.
+    A method is a registered balancer, an installed plug-in's name or a plug-in's dotted path."""
     searched: list[str] = []
     derived: dict[str, str] = {}
     for method in methods:
         if method.startswith(FIXED_FROM):
             source = method[len(FIXED_FROM):]
-            if source not in valid:
-                raise UserError(f"unknown method {method!r}: {source!r} is not a registered balancer; "
-                                f"valid: {', '.join(valid)} or fixed_from_<balancer>")
+            _check_method(source, f"unknown method {method!r}: {source!r} is not a balancer")
             derived[method] = source
-        elif method in valid:
+        else:
+            _check_method(method, f"unknown method {method!r}")
             if method not in searched:
                 searched.append(method)
-        else:
-            raise UserError(f"unknown method {method!r}; valid: {', '.join(valid)} or fixed_from_<balancer>")
     for source in derived.values():
         if source not in searched:
             searched.append(source)
     return searched, derived
+
+
+def _check_method(name: str, unknown: str) -> None:
+    from balancers import PluginError, available_balancers, balancer_info
+
+    try:
+        balancer_info(name)
+    except PluginError as exc:
+        raise UserError(str(exc)) from exc
+    except ValueError:
+        raise UserError(f"{unknown}; valid: {', '.join(available_balancers())}, a plug-in's dotted path "
+                        "or fixed_from_<balancer>") from None
 
 
 def balancer_hparam_names(method: str) -> list[str]:

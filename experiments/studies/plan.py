@@ -29,7 +29,7 @@ from experiments.studies.storage import default_storage_url
 HPARAMS = "balancer.hparams."
 #: run-config keys that do not change what a trial computes (left out of the protocol)
 _NOT_PROTOCOL = {"out", "name"}
-_NOT_PROTOCOL_TRAIN = {"progress", "num_threads", "device", "evaluate_test"}
+_NOT_PROTOCOL_TRAIN = {"progress", "num_threads", "device", "evaluate_test", "tensorboard"}
 
 
 @dataclass(frozen=True)
@@ -234,16 +234,16 @@ def _method_spaces(cfg: StudyConfig, searched: list[str], shared: dict[str, Para
                    ) -> tuple[dict[str, dict[str, ParamSpec]], dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
     """Per searched method: its search space (shared + own), its fixed published values and its
     first trial; adds the methods' own parameter paths to ``paths``."""
-    from balancers import list_balancers
+    from balancers import available_balancers
 
     spaces: dict[str, dict[str, ParamSpec]] = {}
     fixed: dict[str, dict[str, Any]] = {}
     first: dict[str, dict[str, Any]] = {}
-    registered = list_balancers()
     for section in ("method_spaces", "published_defaults"):  # entries of methods not run now are ignored
-        unknown = sorted(set(getattr(cfg, section)) - set(registered))
+        unknown = sorted(m for m in getattr(cfg, section) if m not in searched and not _resolves(m))
         if unknown:
-            raise ConfigError(f"{section}.{unknown[0]}: not a registered balancer; valid: {', '.join(registered)}")
+            valid = ", ".join(available_balancers())
+            raise ConfigError(f"{section}.{unknown[0]}: not a registered balancer; valid: {valid}")
     for method in searched:
         accepted = balancer_hparam_names(method)
         own = cfg.method_spaces.get(method, {})
@@ -267,6 +267,16 @@ def _method_spaces(cfg: StudyConfig, searched: list[str], shared: dict[str, Para
             fixed[method][name] = value
         first[method] = _first_trial(method, spaces[method], paths, published, base_dict)
     return spaces, fixed, first
+
+
+def _resolves(method: str) -> bool:
+    from balancers import balancer_info
+
+    try:
+        balancer_info(method)
+    except ValueError:
+        return False
+    return True
 
 
 def _objective_text(base: RunConfig) -> str:

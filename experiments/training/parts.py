@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from balancers import Balancer, balancer_info, create_balancer
+from balancers import Balancer, PluginError, balancer_info, create_balancer
 from experiments.benchmarks import Benchmark, benchmark_class, create_benchmark
 from experiments.config import RunConfig
 from experiments.errors import ConfigError, UserError
@@ -49,7 +49,10 @@ def build_balancer(cfg: RunConfig, bench: Benchmark) -> Balancer:
         hparams.setdefault("seed", cfg.seed)
     hparams = check_options(info.cls.__init__, hparams, "balancer.hparams", ("self", "n_tasks"), origins)
     with naming_errors(hparams, "balancer.hparams", origins):  # the constructor checks the ranges
-        return create_balancer(cfg.balancer.name, bench.n_tasks, **hparams)
+        try:
+            return create_balancer(cfg.balancer.name, bench.n_tasks, **hparams)
+        except PluginError as exc:  # a plug-in's constructor failed: one line naming the plug-in
+            raise UserError(str(exc)) from exc
 
 
 def build_model(cfg: RunConfig, bench: Benchmark) -> torch.nn.Module:

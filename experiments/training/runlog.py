@@ -53,6 +53,8 @@ class RunLog:
         self.steps: list[dict[str, Any]] = []
         #: optional ``experiments.training.gradients.CosineProbe`` whose cosine.csv is written with the tables
         self.cosine: Any = None
+        #: optional ``experiments.training.tensorboard.TensorBoardLog``: the same rows, as event files
+        self.tensorboard: Any = None
 
     # ------------------------------------------------------------------ per step (no syncs)
     def record_step(self, step: int, epoch: int, losses: Tensor, loss: Tensor, weights: Tensor, log: bool) -> None:
@@ -118,6 +120,13 @@ class RunLog:
             rundir.write_table(run_dir / rundir.STEPS, pd.DataFrame(self.steps))
         if self.cosine is not None:
             self.cosine.flush(run_dir)
+        if self.tensorboard is not None:  # the rows just written, already on the host: no extra sync
+            self.tensorboard.write(self.steps, self.epochs, self.cosine.rows if self.cosine is not None else None)
+
+    def close(self) -> None:
+        """Close the event files, if any (the CSV files are complete after every flush)."""
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
     def load(self, run_dir: Path, epoch: int) -> None:
         """On resume: the tables up to the checkpointed epoch."""
@@ -128,6 +137,9 @@ class RunLog:
             self.steps = steps[steps["epoch"] < epoch].to_dict("records")
         if self.cosine is not None:
             self.cosine.load(run_dir, epoch)
+        if self.tensorboard is not None:  # written by the session that saved the checkpoint
+            self.tensorboard.skip_existing(len(self.steps), len(self.epochs),
+                                           len(self.cosine.rows) if self.cosine is not None else 0)
 
     # ------------------------------------------------------------------ files
     def write_config(self, run_dir: Path, cfg: Any, trainer: TrainerState) -> None:
@@ -160,6 +172,7 @@ class RunLog:
             "wall_seconds": wall,
         }
         rundir.write_json(run_dir / rundir.SUMMARY, summary)
+        self.close()  # the run's last rows are flushed: nothing more goes to the event files
         return summary
 
 

@@ -31,6 +31,7 @@ from experiments.training.precision import Precision
 from experiments.training.progress import progress_bar
 from experiments.training.resume import check_resume, config_entry, load_run_dir_config, prepare_run_dir  # noqa: F401
 from experiments.training.runlog import RunLog
+from experiments.training.tensorboard import TensorBoardLog
 
 #: ``on_epoch(epoch, val_objective)``: called after each epoch; may raise to stop (pruning).
 EpochCallback = Callable[[int, float], None]
@@ -133,6 +134,8 @@ class Trainer:
         #: task-gradient cosine probe (train.cosine_every); its rows are flushed with the run log
         self.cosine = CosineProbe(self.model, self.bench, self.device, cfg.train.cosine_every) if cfg.train.cosine_every else None
         self.log.cosine = self.cosine
+        if cfg.train.tensorboard and self.replica.is_main:  # rank 0 alone writes the run directory
+            self.log.tensorboard = TensorBoardLog(self.run_dir, self.bench.task_names)
         self.epoch, self.step_count, self.best, self.best_epoch, self.since_best = 0, 0, math.inf, -1, 0
         self.reference: dict[str, float] | None = None
         self.reference_kind = ""
