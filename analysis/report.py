@@ -68,7 +68,7 @@ def build_report(records: Sequence[RunRecord], out: str | Path, source: str = ""
               "compared with (stated per setting). Tables as LaTeX and CSV: `tables/`.", ""]
     figures: list[Path] = []
     for setting, (runs, table, specs) in tables.items():
-        lines += [f"## {setting}", "", f"Reference for Δm%: {', '.join(sorted(set(runs['reference'])))}; "
+        lines += [f"## {setting}", "", f"Δm% vs {' + '.join(sorted(set(runs['reference'])))}; "
                   f"split: {', '.join(sorted(set(runs['split'])))}. "
                   + definition_note(table.attrs["definition"], table.attrs.get("benchmark")), "",
                   display_table(table, specs).to_markdown(index=False), ""]

@@ -224,7 +224,7 @@ def reference_for(record: RunRecord, reference: str = "auto", split: str = "test
     cols = [f"{split}_{s.name}" for s in specs]
     if first.empty or not set(cols) <= set(first.columns):
         raise UserError(f"{record.run_dir}: no epoch-0 {split} metrics for the initial-model reference")
-    return {s.name: float(first.iloc[0][f"{split}_{s.name}"]) for s in specs}, "initial model"
+    return {s.name: float(first.iloc[0][f"{split}_{s.name}"]) for s in specs}, "untrained model"
 
 
 def _stl_file(path: Path, specs: Sequence[MetricSpec], split: str) -> dict[str, float]:

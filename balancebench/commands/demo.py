@@ -1,9 +1,11 @@
 """``balancebench demo``: the main job on the embedded default storage, end to end.
 
 A small fair study of the default methods (uniform, si, rlw, famo, marigold, fixed_from_famo) on
-Multi-MNIST CL_RR at small scale (``configs/studies/demo.yaml``): the search with the same budget
-for every method, the reruns over 3 seeds, and the results table (printed as Markdown, written as
-CSV / Markdown / LaTeX next to the study's storage).
+Multi-MNIST CL_RR at small scale (``configs/studies/demo.yaml``): the two single-task reference
+runs (one per task, seed 0; trained once, reused on every later call), the search with the same
+budget for every method, the reruns over 3 seeds, and the results table with Δm% vs STL (printed as
+Markdown, written as CSV / Markdown / LaTeX next to the study's storage). ``--reference untrained``
+measures against the untrained model instead, and every header says so.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from balancebench.commands.studies import print_outcome, study_overrides
+from balancebench.commands.studies import add_reference_option, print_outcome, study_overrides
 from experiments.config import CONFIG_DIR
 
 DEMO_CONFIG = CONFIG_DIR / "studies" / "demo.yaml"
@@ -42,6 +44,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--storage", default=None)
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--out", default=None, help="parent directory of study results (default: results/)")
+    add_reference_option(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=demo_command)
 

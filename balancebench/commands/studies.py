@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.config import SCALES
+from experiments.studies.config import REFERENCES
 
 
 def add_parsers(sub: Any) -> None:
@@ -21,6 +22,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--n-trials", type=int, default=None, help="trial budget per method (all workers together)")
     p.add_argument("--methods", default=None, help="comma-separated, e.g. uniform,famo,fixed_from_famo")
     p.add_argument("--out", default=None, help="parent directory of study results (default: results/)")
+    add_reference_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-trial lines")
     p.set_defaults(func=study_command)
 
@@ -39,9 +41,16 @@ def add_parsers(sub: Any) -> None:
     p.set_defaults(func=extract_command)
 
 
+def add_reference_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--reference", choices=REFERENCES, default=None,
+                   help="what Δm%% is measured against (default: the study YAML's, else stl: single-task runs of "
+                        "the same setting, trained once; untrained: the untrained model; literature: the papers' "
+                        "full-scale STL values)")
+
+
 def study_overrides(args: argparse.Namespace) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
-    for key in ("scale", "storage", "workers", "out"):
+    for key in ("scale", "storage", "workers", "out", "reference"):
         if getattr(args, key, None) is not None:
             overrides[key] = getattr(args, key)
     if getattr(args, "n_trials", None) is not None:

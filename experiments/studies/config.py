@@ -3,7 +3,7 @@
 A study names a benchmark run config (``benchmark_config`` + ``variant`` + ``scale`` +
 ``overrides``), the methods, the shared search space (same for every method), each method's own
 space, the published defaults (enqueued as every method's first trial), the per-method trial
-budget, the sampler, the pruner and the rerun seeds. Unknown keys are rejected with their dotted
+budget, the sampler, the pruner, the rerun seeds and the Δm% reference. Unknown keys are rejected with their dotted
 path, as in :mod:`experiments.config`.
 """
 
@@ -20,6 +20,10 @@ from experiments.config import CONFIG_DIR, SCALES, _build, deep_merge, load_yaml
 from experiments.errors import ConfigError, UserError
 
 DEFAULT_METHODS = ["uniform", "si", "rlw", "famo", "marigold", "fixed_from_famo"]
+#: what every method's Δm% is measured against (see :mod:`experiments.studies.reference`): ``stl``
+#: (the default) single-task runs of the same setting and scale, trained once by the study;
+#: ``untrained`` the untrained model's metrics; ``literature`` the papers' full-scale STL values
+REFERENCES = ("stl", "untrained", "literature")
 #: ``fixed_from_<method>``: fixed weights extracted by EMA from ``<method>``'s best-config reruns
 FIXED_FROM = "fixed_from_"
 #: where the well-known shared parameters live in a run config
@@ -126,6 +130,8 @@ class StudyConfig:
     rerun_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     #: EMA momentum of the fixed-weight extraction (seed 003 §3.5)
     ema: float = 0.9
+    #: the Δm% reference of the objective and of the tables: one of :data:`REFERENCES`
+    reference: str = "stl"
     #: parent directory of study results (run directories, default storage, tables)
     out: str = "results"
     #: Optuna storage URL or journal file path (None: ``<out>/<name>/study.journal``)
@@ -171,6 +177,8 @@ def _check(cfg: StudyConfig) -> StudyConfig:
         raise ConfigError(f"workers: must be >= 1, got {cfg.workers}")
     if not cfg.rerun_seeds or len(set(cfg.rerun_seeds)) != len(cfg.rerun_seeds) or min(cfg.rerun_seeds) < 0:
         raise ConfigError(f"rerun_seeds: need distinct non-negative seeds, got {cfg.rerun_seeds}")
+    if cfg.reference not in REFERENCES:
+        raise ConfigError(f"reference: expected {', '.join(REFERENCES)}, got {cfg.reference!r}")
     if not 0.0 <= cfg.ema < 1.0:
         raise ConfigError(f"ema: momentum must be in [0, 1), got {cfg.ema}")
     if cfg.sampler.name not in ("tpe", "random"):

@@ -10,7 +10,9 @@ The fairness protocol, enforced here and in :mod:`experiments.studies.worker`:
 * the same trial budget per method, counted across all workers and machines (complete + pruned +
   failed trials; see :mod:`experiments.studies.storage` for the exact lock-based count);
 * each method's published default configuration is enqueued as its trial 0;
-* objective: the trainer's validation Δm% (lower is better), reported per epoch to the pruner;
+* objective: the trainer's validation Δm% (lower is better), reported per epoch to the pruner,
+  against single-task runs of the same setting trained once before any trial
+  (:mod:`experiments.studies.reference`; ``reference: untrained | literature`` on request);
 * afterwards each method's best configuration within the budget is re-trained on the rerun seeds,
   and test metrics are reported as mean ± standard error; uniform loss gets exactly this;
 * ``fixed_from_X`` takes no search budget: it trains ``fixed`` with weights extracted by EMA
@@ -44,6 +46,7 @@ from experiments.errors import UserError, mask_url, redact
 from experiments.training.progress import progress_bar
 from experiments.studies.config import StudyConfig
 from experiments.studies.plan import StudyPlan, differences, make_plan
+from experiments.studies.reference import ensure_stl_reference
 from experiments.studies.results import results_table, write_results
 from experiments.studies.storage import BudgetLock, budget_lock, counted_trials, open_storage, quiet_optuna
 from experiments.studies.worker import Worker, print_line
@@ -81,6 +84,8 @@ def run_study(cfg: StudyConfig, *, progress: bool = True, verbose: bool | None =
     lock = budget_lock(plan.storage_url, storage)
     with quiet_optuna():
         setup_studies(plan, storage, lock)
+        # before any trial: every trial's objective is measured against it
+        ensure_stl_reference(plan, storage, lock, print_line if verbose else lambda msg: None)
         monitor = StudyProgress(plan, storage, enabled=progress)
         try:
             if cfg.workers > 1:

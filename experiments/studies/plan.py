@@ -14,9 +14,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from experiments.config import RunConfig, load_run_config, run_config_from_dict, to_dict
+from experiments.config import RunConfig, load_run_config, replace, run_config_from_dict, to_dict
 from experiments.errors import ConfigError, UserError
 from experiments.studies.config import (
+    REFERENCES,
     SHARED_PATHS,
     ParamSpec,
     StudyConfig,
@@ -24,6 +25,7 @@ from experiments.studies.config import (
     balancer_hparam_names,
     split_methods,
 )
+from experiments.studies.reference import REFERENCE_LABELS, run_reference
 from experiments.studies.storage import default_storage_url
 
 HPARAMS = "balancer.hparams."
@@ -138,7 +140,8 @@ def protocol_hash(protocol: dict[str, Any]) -> str:
 
 
 #: protocol fields named first when several changed (what users change on the command line first)
-_FIELD_ORDER = ["n_trials", "methods", "scale", "variant", "benchmark", "epochs", "rerun_seeds", "sampler", "pruner",
+_FIELD_ORDER = ["n_trials", "methods", "scale", "variant", "benchmark", "reference", "epochs", "rerun_seeds",
+                "sampler", "pruner",
                 "ema", "shared_space", "method_space", "fixed_hparams", "first_trial", "dropped_parameters"]
 
 
@@ -170,6 +173,9 @@ def make_plan(cfg: StudyConfig) -> StudyPlan:
 
     searched, derived = split_methods(cfg.methods)
     overrides = copy.deepcopy(cfg.overrides)
+    if "reference" in overrides:
+        raise ConfigError("overrides.reference: the study's Δm% reference is its own key, "
+                          f"reference: {' | '.join(REFERENCES)}")
     if cfg.variant is not None:
         overrides.setdefault("benchmark", {})["variant"] = cfg.variant
     base = load_run_config(cfg.benchmark_config, cfg.scale, overrides)
@@ -177,11 +183,13 @@ def make_plan(cfg: StudyConfig) -> StudyPlan:
         bench = create_benchmark(base.benchmark.name, base.benchmark.variant, **base.benchmark.options)
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    group = group_name(cfg, bench.name, bench.variant)
+    out_dir = Path(cfg.out) / group
+    base = replace(base, {"reference": run_reference(cfg, bench, out_dir)})
     unknown = sorted(set(base.objective_tasks or []) - set(bench.task_names))
     if unknown:
         raise ConfigError(f"objective_tasks: unknown task(s) {unknown}; valid: {bench.task_names}")
     model_options = inspect.signature(type(bench).build_model).parameters
-    group = group_name(cfg, bench.name, bench.variant)
 
     shared, paths, dropped = _shared_space(cfg, model_options)
     base_dict = to_dict(base)
@@ -193,12 +201,11 @@ def make_plan(cfg: StudyConfig) -> StudyPlan:
         "shared_space": {name: {**spec.as_dict(), "path": paths[name]} for name, spec in shared.items()},
         "dropped_parameters": dropped,
         "sampler": asdict(cfg.sampler), "pruner": asdict(cfg.pruner), "epochs": base.train.epochs,
-        "objective": _objective_text(base), "direction": "minimize",
+        "objective": _objective_text(base, cfg.reference), "direction": "minimize", "reference": cfg.reference,
         # the budget and what the table compares: fixed for the life of the study
         "n_trials": cfg.n_trials, "methods": sorted(set(cfg.methods)), "rerun_seeds": sorted(cfg.rerun_seeds),
         "ema": cfg.ema,
     }
-    out_dir = Path(cfg.out) / group
     storage = cfg.storage or default_storage_url(cfg.out, group)
     specs = [{"name": m.name, "task": m.task, "higher_is_better": m.higher_is_better, "stl": m.stl}
              for m in bench.metrics]
@@ -279,10 +286,10 @@ def _resolves(method: str) -> bool:
     return True
 
 
-def _objective_text(base: RunConfig) -> str:
-    """The protocol's objective; unchanged for all-task studies (their stored protocols still match)."""
+def _objective_text(base: RunConfig, reference: str) -> str:
+    """The protocol's objective, naming its Δm% reference (see :data:`REFERENCE_LABELS`)."""
     over = f" over {', '.join(base.objective_tasks)}" if base.objective_tasks is not None else ""
-    return f"validation Δm%{over} (lower is better; reference: {base.reference})"
+    return f"validation Δm%{over} vs {REFERENCE_LABELS[reference]} (lower is better)"
 
 
 def _first_trial(method: str, space: dict[str, ParamSpec], paths: dict[str, str], published: dict[str, Any],
@@ -307,7 +314,9 @@ def _first_trial(method: str, space: dict[str, ParamSpec], paths: dict[str, str]
 
 
 def _protocol_config(base: dict[str, Any]) -> dict[str, Any]:
-    data = {k: v for k, v in copy.deepcopy(base).items() if k not in _NOT_PROTOCOL}
+    # the reference is the protocol's own field (its kind): an STL file's path is where this
+    # machine keeps it, not part of what a trial computes
+    data = {k: v for k, v in copy.deepcopy(base).items() if k not in _NOT_PROTOCOL | {"reference"}}
     data["train"] = {k: v for k, v in data["train"].items() if k not in _NOT_PROTOCOL_TRAIN}
     data.pop("balancer", None)  # the method is what differs between studies
     return data

@@ -2,8 +2,9 @@
 
 Per method: the best configuration within the budget, its validation objective, the test metrics
 of its reruns as mean ± standard error over seeds (seed 003 §3), the test Δm% against the same
-reference as the objective, and the budget actually used (trials complete / pruned / failed,
-epochs, wall time).
+reference as the objective (named in every table's header: "Δm% vs STL" by default), and the budget
+actually used (trials complete / pruned / failed, epochs, wall time), with the single-task reference
+runs' cost as its own row.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from experiments.training import rundir
 from experiments.errors import UserError, mask_url
+from experiments.studies.reference import REFERENCE_LABELS, stl_record
 from experiments.studies.storage import budget_trials, counted_trials, open_storage
 
 PM = "\u00b1"
@@ -199,17 +201,46 @@ def results_table(storage: str | BaseStorage, group: str | None = None) -> pd.Da
         storage = open_storage(storage)
     group, methods, specs = collect(storage, group, label)
     frame = pd.DataFrame([_row(m, specs) for m in methods])
+    protocol = _protocol(storage, group)
+    kinds = {str(t.user_attrs.get("reference") or "") for m in methods for t in m.search + m.reruns}
+    frame["delta_m_reference"] = reference_label(kinds, protocol.get("reference"))
     frame.attrs.update(group=group, storage=label, metrics=[s["name"] for s in specs],
-                       objective=_objective(storage, group))
+                       objective=protocol.get("objective"), reference=frame["delta_m_reference"].iloc[0],
+                       stl_budget=_stl_budget_row(stl_record(storage, group)))
     return frame
 
 
-def _objective(storage: BaseStorage, group: str) -> str | None:
-    """The group's protocol objective (its test counterpart is the table's test Δm%)."""
+def reference_label(kinds: set[str], protocol_reference: str | None) -> str:
+    """What the Δm% of a study is measured against ("STL", "untrained model", "literature STL"), from
+    the references its runs recorded; the protocol's choice when no run recorded one."""
+    labels = {_KIND_LABELS.get(k, "STL" if k.startswith("stl:") else "") for k in kinds} - {""}
+    if not labels:
+        return REFERENCE_LABELS.get(protocol_reference or "", "the run config's reference")
+    return " + ".join(sorted(labels))  # several only in a storage written by mixed versions
+
+
+_KIND_LABELS = {"initial_model": REFERENCE_LABELS["untrained"], "literature_stl": REFERENCE_LABELS["literature"]}
+
+
+def _stl_budget_row(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The budget table's row for the single-task reference runs (None: the study trained none)."""
+    if record is None:
+        return None
+    runs = len(record.get("runs") or {})
+    return {"method": "STL reference", "budget": 0, "complete": runs, "pruned": 0, "failed": 0, "requeued": 0,
+            "search_epochs": int(record.get("epochs") or 0),
+            "search_wall_s": round(float(record.get("wall_seconds") or 0.0), 1), "seeds": "1/1",
+            "rerun_epochs": 0, "rerun_wall_s": 0.0,
+            "note": f"{runs} single-task runs (one per task: fixed one-hot weights, each selected on its own task) "
+                    f"at seed {record.get('seed')}, trained once before the search; every method's Δm% is against them"}
+
+
+def _protocol(storage: BaseStorage, group: str) -> dict[str, Any]:
+    """The group's protocol (its objective's test counterpart is the table's test Δm%)."""
     for study in storage.get_all_studies():
         if study.user_attrs.get("group") == group and study.user_attrs.get("kind") == "search":
-            return (study.user_attrs.get("protocol") or {}).get("objective")
-    return None
+            return study.user_attrs.get("protocol") or {}
+    return {}
 
 
 BUDGET_COLUMNS = ["method", "budget", "complete", "pruned", "failed", "requeued", "search_epochs", "search_wall_s",
@@ -217,7 +248,12 @@ BUDGET_COLUMNS = ["method", "budget", "complete", "pruned", "failed", "requeued"
 
 
 def budget_table(results: pd.DataFrame) -> pd.DataFrame:
-    return results[BUDGET_COLUMNS].copy()
+    """The budget columns per method, and the single-task reference runs' cost as a last row."""
+    table = results[BUDGET_COLUMNS].copy()
+    stl = results.attrs.get("stl_budget")
+    if stl is not None:
+        table = pd.concat([table, pd.DataFrame([stl], columns=BUDGET_COLUMNS)], ignore_index=True)
+    return table
 
 
 def display_table(results: pd.DataFrame, pm: str = f" {PM} ") -> pd.DataFrame:
@@ -227,12 +263,13 @@ def display_table(results: pd.DataFrame, pm: str = f" {PM} ") -> pd.DataFrame:
             return "n/a"
         return f"{mean:.4g}" + (f"{pm}{se:.2g}" if math.isfinite(se) else "")
 
+    delta = f"test Δm% vs {results.attrs.get('reference') or 'reference'}"
     rows = []
     for _, r in results.iterrows():
         row = {"method": r["method"], "best trial": "-" if pd.isna(r["best_trial"]) else int(r["best_trial"]),
                "best config": _compact(r["best_params"]),
                "val Δm% (search)": "n/a" if pd.isna(r["best_val_delta_m"]) else f"{r['best_val_delta_m']:.4g}",
-               "seeds": r["seeds"], "test Δm%": fmt(r["test_delta_m_mean"], r["test_delta_m_se"])}
+               "seeds": r["seeds"], delta: fmt(r["test_delta_m_mean"], r["test_delta_m_se"])}
         for name in results.attrs.get("metrics", []):
             row[f"test {name}"] = fmt(r[f"test_{name}_mean"], r[f"test_{name}_se"])
         # a requested method without a number says why (failed trials or reruns, no weights, ...)
@@ -242,6 +279,13 @@ def display_table(results: pd.DataFrame, pm: str = f" {PM} ") -> pd.DataFrame:
     if shown.empty or shown["why no number"].astype(bool).any():
         return shown
     return shown.drop(columns="why no number")
+
+
+_REFERENCE_NOTES = {
+    "STL": "single-task learning, one run per task of the same setting and scale (see the budget table)",
+    "untrained model": "the untrained model's metrics (chosen explicitly; not comparable with the papers' Δm%)",
+    "literature STL": "the papers' single-task values at full scale",
+}
 
 
 def _compact(params: str) -> str:
@@ -265,11 +309,12 @@ def render(results: pd.DataFrame, fmt: str = "md") -> str:
         return text.replace(marker, r"$\pm$").replace("Δ", r"$\Delta$")
     if fmt != "md":
         raise UserError(f"unknown format {fmt!r}; valid: md, csv, latex")
-    objective = results.attrs.get("objective")
-    head = (f"Study `{results.attrs.get('group')}` (storage {results.attrs.get('storage')}): test metrics are "
-            f"mean {PM} standard error over the rerun seeds of each method's best configuration; Δm%: metrics "
-            "averaged within each task first, then over tasks (seed 003 Eq. 1, the search objective's)"
-            + (f"; test Δm% is the test counterpart of the objective, {objective}" if objective else "") + ".\n\n")
+    objective, reference = results.attrs.get("objective"), results.attrs.get("reference") or "reference"
+    head = (f"Δm% vs {reference}. Study `{results.attrs.get('group')}` (storage {results.attrs.get('storage')}): "
+            f"test metrics are mean {PM} standard error over the rerun seeds of each method's best configuration; "
+            "Δm%: metrics averaged within each task first, then over tasks (seed 003 Eq. 1, the search objective's)"
+            + (f"; test Δm% is the test counterpart of the objective, {objective}" if objective else "")
+            + f"; reference: {_REFERENCE_NOTES.get(reference, reference)}.\n\n")
     return (head + display_table(results).to_markdown(index=False) + "\n\nBudget (the same for every searched "
             "method; failed and pruned trials count; requeued = killed/interrupted trials re-run with the same "
             "parameters, not counted):\n\n" + budget.to_markdown(index=False) + "\n")

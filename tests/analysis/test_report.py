@@ -32,7 +32,7 @@ def test_report_from_run_directories_writes_tables_and_plots(tmp_path: Path) -> 
     # the Markdown table holds the stored (hand-computed) numbers
     assert "| famo     |       2 | -275 ± 12" in text and "| uniform  |       2 | -272 ± 48" in text
     assert "| rlw      |       1 | -25 " in text
-    assert "initial model" in text
+    assert "Δm% vs untrained model" in text
     figures = images(result.path)
     names = {p.name for p in figures}
     assert {"delta_m_multimnist_CL_RR.png", "tasks_multimnist_CL_RR.png", "weights_multimnist_CL_RR.png",

@@ -26,7 +26,7 @@ def test_per_run_delta_m_matches_seed_003_eq_1_by_hand(runs_root: Path) -> None:
     assert len(frame) == len(DELTA_M)
     for _, row in frame.iterrows():
         assert row["delta_m"] == pytest.approx(DELTA_M[(row["method"], row["seed"])], abs=1e-9)
-        assert row["reference"] == "initial model" and row["split"] == "test"
+        assert row["reference"] == "untrained model" and row["split"] == "test"
     # per-task changes average to Δm%: uniform seed 0 has acc -400 %, mse -50 %
     first = frame[(frame["method"] == "uniform") & (frame["seed"] == 0)].iloc[0]
     assert first["change_left_cls"] == pytest.approx(-400.0) and first["change_right_rec"] == pytest.approx(-50.0)

@@ -102,7 +102,9 @@ def test_a_complete_last_record_without_its_line_end_is_kept(pristine, tmp_path,
     storage = open_journal(journal, writer=True)
     assert "lacked its line end, which is added" in capsys.readouterr().err
     assert journal.read_bytes() == pristine  # nothing dropped, the line end restored
-    assert len(storage.get_all_studies()) == 2  # the search study and the rerun study
+    # the search study, the rerun study and the single-task reference's record
+    assert sorted(s.study_name for s in storage.get_all_studies()) == [
+        f"{GROUP}/stl-reference", f"{GROUP}/uniform", f"{GROUP}/uniform/rerun-t0"]
 
 
 def test_truncated_mid_file_study_repairs_and_finishes_the_budget(pristine, tmp_path, capsys):

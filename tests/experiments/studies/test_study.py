@@ -403,3 +403,6 @@ def test_demo_config_is_the_fair_default_study():
     assert plan.first_trial["rlw"]["distribution"] == "normal"
     assert all(plan.first_trial[m]["lr"] == plan.base.train.lr for m in plan.searched)
     assert plan.spaces["famo"]["gamma"].choices == [1e-4, 1e-3, 1e-2]
+    # Δm% vs single-task runs of the same setting (K = 2: two extra short runs), not the untrained model
+    assert plan.cfg.reference == "stl" and plan.protocol["objective"] == "validation Δm% vs STL (lower is better)"
+    assert plan.tasks == ["left_cls", "right_rec"] and plan.base.reference.endswith("stl/stl_reference.json")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import optuna
@@ -45,10 +46,14 @@ def test_unknown_objective_task_is_a_config_error_at_plan_time(tmp_path):
         make_plan(study_cfg(tmp_path, overrides={"objective_tasks": ["left"]}))
 
 
-def test_all_task_studies_keep_their_protocol_text(tmp_path):
+def test_all_task_studies_name_their_reference_in_the_protocol(tmp_path):
     plan = make_plan(study_cfg(tmp_path))
-    assert plan.protocol["objective"] == "validation Δm% (lower is better; reference: auto)"
+    assert plan.protocol["objective"] == "validation Δm% vs STL (lower is better)"
+    assert plan.protocol["reference"] == "stl" and "reference" not in plan.protocol["run_config"]
     assert plan.objective_metric_specs == plan.metric_specs
+    untrained = make_plan(study_cfg(tmp_path, reference="untrained"))
+    assert untrained.protocol["objective"] == "validation Δm% vs untrained model (lower is better)"
+    assert untrained.base.reference == "initial" and untrained.protocol_hash != plan.protocol_hash
 
 
 def test_rerun_test_delta_m_is_over_the_objective_tasks_only(tmp_path):
@@ -58,9 +63,10 @@ def test_rerun_test_delta_m_is_over_the_objective_tasks_only(tmp_path):
     storage = open_storage(str(Path(cfg.out) / GROUP / "study.journal"))
     study = optuna.load_study(study_name=f"{GROUP}/uniform/rerun-t0", storage=storage)
     (trial,) = study.trials
-    test, initial = trial.user_attrs["test_metrics"], trial.user_attrs["initial_test_metrics"]
-    specs = make_plan(cfg).metric_specs
-    only = [MetricSpec(**s) for s in specs if s["task"] == 1]
-    every = [MetricSpec(**s) for s in specs]
-    assert trial.user_attrs["test_delta_m"] == pytest.approx(delta_m(test, only, initial), rel=1e-12)
-    assert abs(delta_m(test, every, initial) - delta_m(test, only, initial)) > 1e-6  # the restriction matters
+    test = trial.user_attrs["test_metrics"]
+    plan = make_plan(cfg)
+    stl = json.loads(Path(plan.base.reference).read_text())["metrics"]  # the STL runs' test metrics
+    only = [MetricSpec(**s) for s in plan.metric_specs if s["task"] == 1]
+    every = [MetricSpec(**s) for s in plan.metric_specs]
+    assert trial.user_attrs["test_delta_m"] == pytest.approx(delta_m(test, only, stl), rel=1e-12)
+    assert abs(delta_m(test, every, stl) - delta_m(test, only, stl)) > 1e-6  # the restriction matters
