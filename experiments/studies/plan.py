@@ -18,6 +18,7 @@ from experiments.config import RunConfig, load_run_config, run_config_from_dict,
 from experiments.errors import ConfigError, UserError
 from experiments.studies.config import (
     SHARED_PATHS,
+    shared_draw_count,
     ParamSpec,
     StudyConfig,
     balancer_hparam_defaults,
@@ -53,6 +54,8 @@ class StudyPlan:
     metric_specs: list[dict[str, Any]]
     tasks: list[str]
     dropped: list[str] = field(default_factory=list)
+    #: shared-space points enqueued, in order, as trials 1..N of EVERY method (``shared_draws``)
+    shared_draws: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def methods(self) -> list[str]:
@@ -196,17 +199,28 @@ def make_plan(cfg: StudyConfig) -> StudyPlan:
         "objective": _objective_text(base), "direction": "minimize",
         # the budget and what the table compares: fixed for the life of the study
         "n_trials": cfg.n_trials, "methods": sorted(set(cfg.methods)), "rerun_seeds": sorted(cfg.rerun_seeds),
-        "ema": cfg.ema,
+        "ema": cfg.ema, "shared_draws": shared_draw_count(cfg),
     }
     out_dir = Path(cfg.out) / group
     storage = cfg.storage or default_storage_url(cfg.out, group)
     specs = [{"name": m.name, "task": m.task, "higher_is_better": m.higher_is_better, "stl": m.stl}
              for m in bench.metrics]
     plan = StudyPlan(cfg, group, storage, str(out_dir), base, searched, derived, spaces, paths, fixed, first,
-                     protocol, specs, list(bench.task_names), dropped)
+                     protocol, specs, list(bench.task_names), dropped,
+                     draw_shared(shared, shared_draw_count(cfg), cfg.sampler.seed))
     for method in searched:  # every method's first trial must make a valid run config
         plan.run_config(method, first[method], fixed[method], base.seed, False)
     return plan
+
+
+def draw_shared(shared: dict[str, ParamSpec], n: int, seed: int) -> list[dict[str, Any]]:
+    """``n`` points of the shared space, drawn once (numpy's generator seeded with ``seed``, the
+    parameters in config order): every method's trials 1..n take them, so that no method's
+    shared hyperparameters are luckier than another's by the sampler's state."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return [{name: spec.draw(rng) for name, spec in shared.items()} for _ in range(n)]
 
 
 def _shared_space(cfg: StudyConfig, model_options: Any) -> tuple[dict[str, ParamSpec], dict[str, str], list[str]]:
