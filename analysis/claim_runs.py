@@ -32,6 +32,7 @@ instead of aborting the table.
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 from dataclasses import dataclass, field
@@ -181,7 +182,8 @@ class ClaimRuns:
                         hparams: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """The chosen configuration as run-config overrides (``train.lr``, ``model.dropout``, ...,
         ``balancer.hparams``)."""
-        return self.tuned(config, balancer, variant=variant, name=name, hparams=hparams, extra=extra).overrides
+        chosen = self.tuned(config, balancer, variant=variant, name=name, hparams=hparams, extra=extra)
+        return copy.deepcopy(chosen.overrides)  # the caller's to change; the cached choice stays as it is
 
     def take_notes(self) -> list[str]:
         """How the runs since the last call were configured (and forget it)."""

@@ -56,6 +56,7 @@ def test_tuned_runs_train_the_chosen_configuration_and_the_search_is_reused(tmp_
     monkeypatch.setattr(ClaimRuns, "stl_reference", lambda self, *a, **k: None)  # Δm% vs the untrained model: faster
     runs = ClaimRuns(tmp_path, "tiny", quiet=True)
     dirs = {m: runs.run("synthetic", m, 1, extra=EXTRA) for m in ("uniform", "famo")}
+    assert runs.run("synthetic", "famo", 1, extra=EXTRA) == dirs["famo"]  # asked again: the same config, reused
     weights = [0.25] * 4
     fixed = runs.run("synthetic", "fixed", 1, name="fixed_from_famo", hparams={"weights": weights}, extra=EXTRA)
     journal = tmp_path / "tiny" / "studies" / SETTING / "study.journal"
