@@ -190,6 +190,7 @@ def make_plan(cfg: StudyConfig) -> StudyPlan:
     base_dict = to_dict(base)
     spaces, fixed, first = _method_spaces(cfg, searched, shared, paths, dropped, base_dict)
 
+    draws = shared_draw_count(cfg) if shared else 0  # nothing shared (every name dropped): nothing to draw
     protocol = {
         "benchmark": bench.name, "variant": bench.variant, "scale": cfg.scale,
         "run_config": _protocol_config(base_dict),
@@ -199,7 +200,7 @@ def make_plan(cfg: StudyConfig) -> StudyPlan:
         "objective": _objective_text(base), "direction": "minimize",
         # the budget and what the table compares: fixed for the life of the study
         "n_trials": cfg.n_trials, "methods": sorted(set(cfg.methods)), "rerun_seeds": sorted(cfg.rerun_seeds),
-        "ema": cfg.ema, "shared_draws": shared_draw_count(cfg),
+        "ema": cfg.ema, "shared_draws": draws,
     }
     out_dir = Path(cfg.out) / group
     storage = cfg.storage or default_storage_url(cfg.out, group)
@@ -207,7 +208,7 @@ def make_plan(cfg: StudyConfig) -> StudyPlan:
              for m in bench.metrics]
     plan = StudyPlan(cfg, group, storage, str(out_dir), base, searched, derived, spaces, paths, fixed, first,
                      protocol, specs, list(bench.task_names), dropped,
-                     draw_shared(shared, shared_draw_count(cfg), cfg.sampler.seed))
+                     draw_shared(shared, draws, cfg.sampler.seed))
     for method in searched:  # every method's first trial must make a valid run config
         plan.run_config(method, first[method], fixed[method], base.seed, False)
     return plan
