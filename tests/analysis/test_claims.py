@@ -303,11 +303,13 @@ def test_claim_runs_keep_a_diverged_run_and_reuse_it(tmp_path: Path, monkeypatch
     runs = ClaimRuns(tmp_path, "tiny", quiet=True)
     monkeypatch.setattr(ClaimRuns, "stl_reference", lambda self, *a, **k: None)
     blow_up = {"train": {"lr": 1e30}, "benchmark": {"options": {"n_train": 256}}}
-    run_dir = runs.run("synthetic", "uniform", 1, extra=blow_up)  # does not raise
+    # untuned: the search would refuse lr 1e30 as outside its space (the point here is the divergence)
+    run_dir = runs.run("synthetic", "uniform", 1, extra=blow_up, tune=False)  # does not raise
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "diverged"
     assert claim_checks.delta_ms([run_dir]) == [None]
 
     def no_training(*args: object, **kwargs: object) -> None:
         raise AssertionError("a diverged run is final: it must be reused, not re-trained")
     monkeypatch.setattr("experiments.training.trainer.train", no_training)
-    assert runs.run("synthetic", "uniform", 1, extra=blow_up) == run_dir
+    assert runs.run("synthetic", "uniform", 1, extra=blow_up, tune=False) == run_dir
+    assert runs.take_notes() == ["untuned (config defaults)"]
