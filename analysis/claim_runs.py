@@ -13,10 +13,17 @@ reached. Every look tests at α / len(looks) (Bonferroni over the looks; see
 Scales:
 
 * ``tiny``: 2 seeds, one look, and the benchmark configs' ``tiny`` scale with minimal epochs
-  (CI time; every seed-level verdict is then "inconclusive: too few seeds", by design).
-* ``small``: looks at 5, 7 and 10 seeds, CPU-sized (QM9 on a 1,000-molecule subset for 2 epochs).
+  (CI time; every seed-level verdict is then "inconclusive: too few seeds", by design); searches
+  of 2 trials per method (the published default and one shared draw).
+* ``small``: looks at 5, 7 and 10 seeds, CPU-sized (QM9 on a 1,000-molecule subset for 2 epochs);
+  searches of 10 trials per method.
 * ``full``: looks at 5, 7 and 10 seeds at the configs' ``full`` scale (the papers' settings;
-  meant for a GPU).
+  meant for a GPU); searches of 24 trials per method.
+
+Tuned configurations: every run of a seed-level claim trains its method's configuration chosen
+on validation by a fair search at seed 0 (:mod:`analysis.claim_tuning`; budget table
+``studies.csv`` next to ``claims.csv``); the run's ``config.yaml`` holds the chosen values. The
+toy (F1) and the deterministic check (F6) are not tuned.
 
 A run that diverges (non-finite loss) is kept as it is — its summary says ``diverged`` — and is
 reused as such; the checks count it as that method's failure (see :mod:`analysis.verdicts`)
@@ -25,6 +32,7 @@ instead of aborting the table.
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 from dataclasses import dataclass, field
@@ -35,6 +43,7 @@ from balancers import balancer_info
 from experiments.training import rundir
 from experiments.config import CONFIG_DIR, deep_merge, load_run_config
 from experiments.errors import NonFiniteLossError
+from analysis.claim_tuning import SEARCH_SEED, ClaimTuning, Tuned, check_search_seed
 from analysis.verdicts import ALPHA
 from experiments.training.gradients import DEFAULT_COSINE_EVERY
 
@@ -54,10 +63,13 @@ class ScalePlan:
     #: F9's settings (FAMO's γ ablation) by config name, and F13's two-similar-task variants
     gamma_configs: tuple[str, ...] = ("multimnist", "synthetic", "qm9")
     similar_variants: tuple[str, ...] = ("CL_CR", "RL_RR")
+    #: search budget per method and setting (trials, every method the same; analysis.claim_tuning)
+    trials: int = 10
 
     def __post_init__(self) -> None:
         if not self.looks or list(self.looks) != sorted(set(self.looks)) or self.looks[-1] > len(self.seeds):
             raise ValueError(f"looks must increase and end at most at len(seeds)={len(self.seeds)}, got {self.looks}")
+        check_search_seed(self.seeds)
 
     @property
     def alpha(self) -> float:
@@ -67,23 +79,24 @@ class ScalePlan:
 
 #: evidence seeds: 1, 2, ... (seed 0 trains single-task references and is the searches' seed)
 EVIDENCE_SEEDS = tuple(range(1, 11))
+assert SEARCH_SEED not in EVIDENCE_SEEDS
 
 PLANS: dict[str, ScalePlan] = {
     "tiny": ScalePlan("tiny", EVIDENCE_SEEDS[:2], {
         "multimnist": {"train": {"epochs": 2, "log_every": 1}},
         "synthetic": {"train": {"epochs": 2, "log_every": 2}},
         "qm9": {"train": {"epochs": 1, "max_steps_per_epoch": 2, "log_every": 1}},
-    }, cosine_every=4, looks=(2,), gamma_configs=("multimnist",), similar_variants=("RL_RR",)),  # CI time
+    }, cosine_every=4, looks=(2,), trials=2, gamma_configs=("multimnist",), similar_variants=("RL_RR",)),  # CI time
     "small": ScalePlan("small", EVIDENCE_SEEDS, {
         "multimnist": {"train": {"log_every": 4}},
         "synthetic": {"train": {"epochs": 10, "log_every": 4}},
         "qm9": {"benchmark": {"options": {"subset": 1000}}, "train": {"epochs": 2, "log_every": 4}},
-    }, cosine_every=DEFAULT_COSINE_EVERY),
+    }, cosine_every=DEFAULT_COSINE_EVERY, trials=10),
     "full": ScalePlan("full", EVIDENCE_SEEDS, {
         "multimnist": {"train": {"log_every": 20}},
         "synthetic": {"train": {"log_every": 20}},
         "qm9": {"train": {"log_every": 20}},
-    }, balancers=("famo", "marigold", "si", "rlw"), cosine_every=DEFAULT_COSINE_EVERY),
+    }, balancers=("famo", "marigold", "si", "rlw"), cosine_every=DEFAULT_COSINE_EVERY, trials=24),
 }
 
 #: settings whose single-task references the claims train themselves (cheap at every scale);
@@ -106,6 +119,9 @@ class ClaimRuns:
         self.root = Path(out) / scale
         self.quiet = quiet
         self.look = 0
+        self.tuning = ClaimTuning(self.root, self.plan.scale, self.plan.trials, self.say)
+        #: how the runs asked for since the last ``take_notes`` were configured (for the claims table)
+        self.notes: set[str] = set()
 
     @property
     def seeds(self) -> tuple[int, ...]:
@@ -149,30 +165,61 @@ class ClaimRuns:
         if config not in STL_CONFIGS:
             return None
         self.say(f"single-task references for {folder.name} -> {folder}")
-        cfg = self._config(config, {"seed": 0, "train": {"progress": False}}, variant, extra)
+        cfg = self._config(config, {"seed": SEARCH_SEED, "train": {"progress": False}}, variant, extra)
         return train_stl_references(cfg, folder)
 
+    def _reference(self, config: str, variant: str | None, extra: dict[str, Any] | None) -> dict[str, Any]:
+        stl = self.stl_reference(config, variant, extra)
+        return {} if stl is None else {"reference": str(Path(stl).resolve())}  # absolute: readable from anywhere
+
+    def tuned(self, config: str, balancer: str, *, variant: str | None = None, name: str | None = None,
+              hparams: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> Tuned:
+        """The configuration of ``balancer`` (run label ``name``) chosen on validation in this
+        setting by the claims' fair search (:mod:`analysis.claim_tuning`), searched on first use."""
+        base = deep_merge(deep_merge(self.plan.overrides.get(config, {}), extra or {}),
+                          {**self._reference(config, variant, extra), "train": {"progress": False}})
+        return self.tuning.tuned(config, _setting(config, variant, extra), base, variant, balancer,
+                                 name or balancer, dict(hparams or {}))
+
+    def tuned_overrides(self, config: str, balancer: str, *, variant: str | None = None, name: str | None = None,
+                        hparams: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The chosen configuration as run-config overrides (``train.lr``, ``model.dropout``, ...,
+        ``balancer.hparams``)."""
+        chosen = self.tuned(config, balancer, variant=variant, name=name, hparams=hparams, extra=extra)
+        return copy.deepcopy(chosen.overrides)  # the caller's to change; the cached choice stays as it is
+
+    def take_notes(self) -> list[str]:
+        """How the runs since the last call were configured (and forget it)."""
+        notes, self.notes = sorted(self.notes), set()
+        return notes
+
     def run(self, config: str, balancer: str, seed: int, *, variant: str | None = None, name: str | None = None,
-            hparams: dict[str, Any] | None = None, extra: dict[str, Any] | None = None, cosine: bool = False) -> Path:
+            hparams: dict[str, Any] | None = None, extra: dict[str, Any] | None = None, cosine: bool = False,
+            tune: bool = True) -> Path:
         """The run directory of ``balancer`` on ``configs/<config>.yaml`` at this scale and seed.
 
-        Δm% (and model selection) is against the setting's STL reference when there is one (see
+        With ``tune`` (the default) the run trains the configuration the setting's fair search
+        chose for this label (``tuned``); ``hparams`` are held fixed in that search. Δm% (and
+        model selection) is against the setting's STL reference when there is one (see
         ``stl_reference``), else the untrained model. Stochastic balancers get ``seed`` as their
         own seed too (independent draws per run seed). ``cosine`` switches the trainer's
         task-gradient probe on (uniform runs, for F5)."""
         from experiments.training.trainer import train
 
+        if seed == SEARCH_SEED:
+            raise ValueError(f"seed {SEARCH_SEED} is the search seed, never evidence")
         label = name or balancer
         setting = _setting(config, variant, extra)
         run_dir = self.root / "runs" / setting / label / f"seed_{seed}"
-        hp = dict(hparams or {})
+        chosen = self.tuned_overrides(config, balancer, variant=variant, name=name, hparams=hparams, extra=extra) \
+            if tune else {}
+        self.notes.add(f"tuned (study budget {self.plan.trials}/method)" if tune else "untuned (config defaults)")
+        hp = {**chosen.pop("balancer", {}).get("hparams", {}), **(hparams or {})}
         if balancer_info(balancer).stochastic:
             hp.setdefault("seed", seed)
-        overrides: dict[str, Any] = {"balancer": {"name": balancer, "hparams": hp}, "seed": seed,
-                                     "train": {"progress": False, "cosine_every": self.plan.cosine_every if cosine else 0}}
-        stl = self.stl_reference(config, variant, extra)
-        if stl is not None:
-            overrides["reference"] = str(Path(stl).resolve())  # absolute: readable from any directory
+        overrides: dict[str, Any] = deep_merge(chosen, {
+            "balancer": {"name": balancer, "hparams": hp}, "seed": seed, **self._reference(config, variant, extra),
+            "train": {"progress": False, "cosine_every": self.plan.cosine_every if cosine else 0}})
         cfg = self._config(config, overrides, variant, extra)
         if _finished(run_dir):
             _check_same_config(run_dir, cfg)
@@ -201,6 +248,7 @@ class ClaimRuns:
         from experiments.training.toy_runs import run_toy
 
         out = Path(toy_dir) if toy_dir else self.root / "toy"
+        self.notes.add("untuned (the toy's published settings)")
         self.say(f"toy runs (official; uniform, famo x 5 starts) in {out}")
         return run_toy(["uniform", "famo"], scale="tiny" if self.plan.scale == "tiny" else self.plan.scale,
                        overrides={"benchmark": {"variant": "official"}}, out=out, progress=False, workers=2)

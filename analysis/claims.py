@@ -12,6 +12,12 @@ claim's p-value in the direction of its verdict — refutation for "not supporte
 otherwise — Holm-adjusted over the claim's parts and multiplied by the number of looks, so it
 compares with α = 0.05; empty for deterministic checks) and measured (the numbers). ``claims.md``
 and the printed table add the seeds, the reason (every part's verdict) and the check's seconds.
+
+Each row's ``test`` says how its runs were configured: "tuned (study budget N/method)" — every
+method's configuration chosen on validation by the claims' fair search at seed 0
+(:mod:`analysis.claim_tuning`) — or untuned (the toy, the deterministic check). The searches'
+budget table (setting, method, trials complete / pruned / failed, wall time, best parameters) is
+``studies.csv`` next to ``claims.csv`` and the end of ``claims.md``.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import pandas as pd
 from analysis import claim_checks as checks
 from analysis import claim_checks_seeds as more
 from analysis.claim_runs import ClaimRuns
+from analysis.claim_tuning import BUDGET_FILE, SEARCH_SEED
 from analysis.verdicts import ALPHA, INCONCLUSIVE, NOT_SUPPORTED, Verdict
 from experiments.training import rundir
 from experiments.errors import UserError
@@ -109,6 +116,8 @@ def check_claim(claim: Claim, runs: ClaimRuns, **kwargs: Any) -> dict[str, Any]:
     """One claim's row; a seed-level claim goes through the looks until it is decided."""
     started = time.perf_counter()
     looks = runs.plan.looks
+    take_notes = getattr(runs, "take_notes", lambda: [])
+    take_notes()  # forget the previous claim's
     for look in range(len(looks) if claim.sequential else 1):
         runs.at_look(look)
         measured, seeds, verdict = claim.check(runs, **kwargs)
@@ -120,6 +129,7 @@ def check_claim(claim: Claim, runs: ClaimRuns, **kwargs: Any) -> dict[str, Any]:
         stop = "decided" if verdict.verdict != INCONCLUSIVE else "cap reached, undecided"
         test += (f"; sequential: looks at {'/'.join(map(str, looks))} seeds, each at α={ALPHA:g}/{len(looks)} "
                  f"(Bonferroni over looks); {stop} at look {look + 1}")
+    test += "; configurations: " + (", ".join(take_notes()) or "untuned (no training)")
     return {"id": claim.id, "claim": claim.claim, "source": claim.source, "verdict": verdict.verdict,
             "seeds_per_group": len(runs.seeds) if claim.sequential else seeds, "test": test,
             "p_value": reported_p(verdict, len(looks) if claim.sequential else 1), "measured": measured,
@@ -138,8 +148,23 @@ def run_claims(scale: str = "tiny", only: str | None = None, out: str | Path = "
         runs.say(f"{claim.id}: {rows[-1]['verdict']} ({rows[-1]['seconds']:.0f} s)")
     table = pd.DataFrame(rows, columns=MD_COLUMNS)
     rundir.write_table(runs.root / "claims.csv", table[COLUMNS])
-    rundir.atomic_write_text(runs.root / "claims.md", table.to_markdown(index=False) + "\n")
+    budget = runs.tuning.table()
+    rundir.write_table(runs.root / BUDGET_FILE, budget)
+    rundir.atomic_write_text(runs.root / "claims.md", table.to_markdown(index=False) + "\n\n" + tuning_text(runs, budget))
     return table
+
+
+def tuning_text(runs: ClaimRuns, budget: pd.DataFrame) -> str:
+    """The claims.md section on the searches: the protocol in one paragraph and the budget table."""
+    plan = runs.plan
+    head = (f"## Tuning ({plan.scale})\n\nEvery method of a seed-level claim trains the configuration a search chose "
+            f"for it on validation in the claim's setting: {plan.trials} trials per method (the published default, "
+            f"then {plan.trials - 1} points of the shared space (lr, weight decay, dropout where the model has one) "
+            "drawn once and given to every method alike), random sampler seed 0, no pruning, the evidence runs' "
+            f"epochs; search seed {SEARCH_SEED}, evidence seeds {', '.join(map(str, plan.seeds))} (disjoint). "
+            "fixed_from_X trains with X's chosen shared values (no search of its own). Toy (F1) and deterministic "
+            f"(F6) checks are untuned. Budget table: `{BUDGET_FILE}`.\n\n")
+    return head + (budget.to_markdown(index=False) if len(budget) else "(no search ran)") + "\n"
 
 
 def claims_command(args: argparse.Namespace) -> int:

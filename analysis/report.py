@@ -3,7 +3,8 @@
 Sources: run directories (``--runs DIR...``; each a run directory or a folder holding them) or a
 study storage (``--storage URL``: its rerun directories, see :mod:`analysis.storage`). Output under
 ``--out``: ``report.md`` (tables inline, PNGs by relative link), ``tables/`` (Markdown, LaTeX,
-numeric CSV per setting, plus every run's row) and ``figures/``.
+numeric CSV per setting, plus every run's row) and ``figures/``. Runs that did not complete
+(diverged, failed) are left out of the means and listed in a "survivors only" note at the top.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from analysis import plots, trajectories
-from analysis.runs import RunRecord, load_runs
+from analysis.runs import RunRecord, find_run_dirs, load_runs
 from analysis.tables import PM, definition_note, display_table, setting_tables, slug, write_tables
 from experiments.training import rundir
 from experiments.errors import UserError
@@ -43,6 +44,7 @@ def report(*, storage: str | None = None, runs: Sequence[str | Path] | None = No
             raise UserError(f"study {found.group!r} in {found.storage} has no finished rerun yet "
                             "(the report uses the best configurations' seed reruns)")
         records = load_runs(list(found.reruns), methods=found.reruns)
+        notes += survivors_note(list(found.reruns))
         source = f"study `{found.group}` in storage `{found.storage}` — the seed reruns of each method's best configuration"
         if found.missing:
             notes.append(f"methods without a finished rerun (not in the tables): {', '.join(found.missing)}")
@@ -51,8 +53,24 @@ def report(*, storage: str | None = None, runs: Sequence[str | Path] | None = No
             weights = next((w for w in extracted if w.is_file()), None)
     else:
         records = load_runs(list(runs or []))
+        notes += survivors_note(list(runs or []))
         source = f"{len(records)} run directories under " + ", ".join(f"`{p}`" for p in runs or [])
     return build_report(records, out, source=source, reference=reference, weights=weights, notes=notes)
+
+
+def survivors_note(paths: Sequence[str | Path]) -> list[str]:
+    """A note when some run directories did not complete: the tables average the others."""
+    left_out = []
+    for run_dir in find_run_dirs(paths):
+        try:
+            state = rundir.read_summary(run_dir).get("status")
+        except UserError:
+            state = "unreadable"
+        if state != "complete":
+            left_out.append(f"{run_dir.parent.name}/{run_dir.name} ({state})")
+    if not left_out:
+        return []
+    return [f"survivors only: means, ± and seed counts are over the complete runs; left out: {', '.join(left_out)}"]
 
 
 def build_report(records: Sequence[RunRecord], out: str | Path, source: str = "", reference: str = "auto",

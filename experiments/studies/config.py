@@ -3,7 +3,8 @@
 A study names a benchmark run config (``benchmark_config`` + ``variant`` + ``scale`` +
 ``overrides``), the methods, the shared search space (same for every method), each method's own
 space, the published defaults (enqueued as every method's first trial), the per-method trial
-budget, the sampler, the pruner, the rerun seeds and the Δm% reference. Unknown keys are rejected with their dotted
+budget, the shared draws (points of the shared space drawn once and enqueued for every method),
+the sampler, the pruner, the rerun seeds and the Δm% reference. Unknown keys are rejected with their dotted
 path, as in :mod:`experiments.config`.
 """
 
@@ -80,6 +81,23 @@ class ParamSpec:
             return trial.suggest_int(name, int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
         return trial.suggest_float(name, self.low, self.high, log=self.log, step=self.step)
 
+    def draw(self, rng: Any) -> Any:
+        """One value drawn from ``rng`` (a ``numpy.random.Generator``) with the distribution
+        ``suggest`` searches: uniform over choices, uniform or log-uniform over [low, high] (on the
+        step grid when there is one). Plain Python values, inside the space."""
+        if self.kind == "categorical":
+            return (self.choices or [])[int(rng.integers(len(self.choices or [])))]
+        low, high = float(self.low), float(self.high)  # type: ignore[arg-type]
+        if self.step:
+            value = low + int(rng.integers(int(round((high - low) / self.step)) + 1)) * float(self.step)
+        elif self.log:
+            value = math.exp(rng.uniform(math.log(low), math.log(high)))
+        else:
+            value = float(rng.uniform(low, high))
+        if self.kind == "int":
+            return int(min(max(round(value), int(low)), int(high)))
+        return min(max(value, low), high)
+
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None and v is not False}
 
@@ -125,6 +143,12 @@ class StudyConfig:
     published_defaults: dict[str, Any] = field(default_factory=dict)
     #: trials per method, counted across all workers (complete + pruned + failed)
     n_trials: int = 20
+    #: trials 1..N of every method get the SAME shared-space values: N points drawn once from the
+    #: shared space (numpy generator seeded with ``sampler.seed``) and enqueued for every method
+    #: after its published default; the method's own parameters are still sampled. None: every
+    #: trial for the random sampler, TPE's start-up trials (n_startup_trials − 1, Optuna's 10 when
+    #: unset) for tpe; at most n_trials − 1 (see ``shared_draw_count``)
+    shared_draws: int | None = None
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     pruner: PrunerConfig = field(default_factory=PrunerConfig)
     rerun_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
@@ -175,6 +199,8 @@ def _check(cfg: StudyConfig) -> StudyConfig:
         raise ConfigError(f"n_trials: must be >= 1, got {cfg.n_trials}")
     if cfg.workers < 1:
         raise ConfigError(f"workers: must be >= 1, got {cfg.workers}")
+    if cfg.shared_draws is not None and cfg.shared_draws < 0:
+        raise ConfigError(f"shared_draws: must be >= 0 (or null for the default), got {cfg.shared_draws}")
     if not cfg.rerun_seeds or len(set(cfg.rerun_seeds)) != len(cfg.rerun_seeds) or min(cfg.rerun_seeds) < 0:
         raise ConfigError(f"rerun_seeds: need distinct non-negative seeds, got {cfg.rerun_seeds}")
     if cfg.reference not in REFERENCES:
@@ -204,6 +230,21 @@ def _check(cfg: StudyConfig) -> StudyConfig:
         defaults[str(method)] = {str(k): _number(v) for k, v in values.items()}
     return dataclasses.replace(cfg, shared_space=shared, method_spaces=spaces, published_defaults=defaults,
                                methods=[str(m) for m in cfg.methods])
+
+
+#: TPE's random start-up trials when ``sampler.n_startup_trials`` is unset (Optuna's default)
+TPE_STARTUP_DEFAULT = 10
+
+
+def shared_draw_count(cfg: StudyConfig) -> int:
+    """How many trials after the published default get the shared draws (see ``shared_draws``)."""
+    room = cfg.n_trials - 1
+    if cfg.shared_draws is not None:
+        return min(cfg.shared_draws, room)
+    if cfg.sampler.name == "random":
+        return room
+    startup = cfg.sampler.n_startup_trials if cfg.sampler.n_startup_trials is not None else TPE_STARTUP_DEFAULT
+    return max(0, min(room, startup - 1))  # the published default is TPE's first start-up trial
 
 
 def study_config_from_dict(data: dict[str, Any]) -> StudyConfig:

@@ -9,7 +9,10 @@ The fairness protocol, enforced here and in :mod:`experiments.studies.worker`:
   the field, its stored and its new value;
 * the same trial budget per method, counted across all workers and machines (complete + pruned +
   failed trials; see :mod:`experiments.studies.storage` for the exact lock-based count);
-* each method's published default configuration is enqueued as its trial 0;
+* each method's published default configuration is enqueued as its trial 0, and the same
+  ``shared_draws`` points of the shared space (drawn once from the sampler seed) as its trials
+  1..N — the method's own parameters sampled — so the first N + 1 trials of every method try the
+  same lr / weight decay / dropout values (``StudyConfig.shared_draws``);
 * objective: the trainer's validation Δm% (lower is better), reported per epoch to the pruner,
   against single-task runs of the same setting trained once before any trial
   (:mod:`experiments.studies.reference`; ``reference: untrained | literature`` on request);
@@ -102,6 +105,22 @@ def run_study(cfg: StudyConfig, *, progress: bool = True, verbose: bool | None =
                         time.perf_counter() - started, plan.storage_url)
 
 
+def run_search(cfg: StudyConfig, *, verbose: bool = False) -> tuple[StudyPlan, pd.DataFrame]:
+    """Only the search part of a study, in this process (no reruns, no derived methods): the plan
+    and the results table, whose ``best_params`` is each method's best configuration within the
+    budget. For callers that re-train the best configurations on their own seeds
+    (``balancebench claims``). Resumable like ``run_study``: a finished search is only read."""
+    plan = make_plan(cfg)
+    if plan.derived:
+        raise UserError(f"a search-only study has no derived methods, got {', '.join(plan.derived)}")
+    storage = open_storage(plan.storage_url, writer=True)
+    lock = budget_lock(plan.storage_url, storage)
+    with quiet_optuna():
+        setup_studies(plan, storage, lock)
+        Worker(plan, 0, storage, lock, print_line if verbose else None).search()
+    return plan, results_table(storage, plan.group)
+
+
 # ---------------------------------------------------------------------------------- setup
 def setup_studies(plan: StudyPlan, storage: BaseStorage, lock: BudgetLock) -> None:
     """Create (or check) one study per searched method with the shared protocol; enqueue the
@@ -134,6 +153,8 @@ def setup_studies(plan: StudyPlan, storage: BaseStorage, lock: BudgetLock) -> No
                     study.set_user_attr(key, value)
             if not study.get_trials(deepcopy=False):
                 study.enqueue_trial(plan.first_trial[method], user_attrs={"published_default": True})
+                for index, point in enumerate(plan.shared_draws):
+                    study.enqueue_trial(point, user_attrs={"shared_draw": index})
 
 
 def _method_attrs(plan: StudyPlan, method: str) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from experiments.errors import ConfigError, UserError
 from experiments.studies.config import (
     REFERENCES,
     SHARED_PATHS,
+    shared_draw_count,
     ParamSpec,
     StudyConfig,
     balancer_hparam_defaults,
@@ -55,6 +56,8 @@ class StudyPlan:
     metric_specs: list[dict[str, Any]]
     tasks: list[str]
     dropped: list[str] = field(default_factory=list)
+    #: shared-space points enqueued, in order, as trials 1..N of EVERY method (``shared_draws``)
+    shared_draws: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def methods(self) -> list[str]:
@@ -195,6 +198,7 @@ def make_plan(cfg: StudyConfig) -> StudyPlan:
     base_dict = to_dict(base)
     spaces, fixed, first = _method_spaces(cfg, searched, shared, paths, dropped, base_dict)
 
+    draws = shared_draw_count(cfg) if shared else 0  # nothing shared (every name dropped): nothing to draw
     protocol = {
         "benchmark": bench.name, "variant": bench.variant, "scale": cfg.scale,
         "run_config": _protocol_config(base_dict),
@@ -204,16 +208,27 @@ def make_plan(cfg: StudyConfig) -> StudyPlan:
         "objective": _objective_text(base, cfg.reference), "direction": "minimize", "reference": cfg.reference,
         # the budget and what the table compares: fixed for the life of the study
         "n_trials": cfg.n_trials, "methods": sorted(set(cfg.methods)), "rerun_seeds": sorted(cfg.rerun_seeds),
-        "ema": cfg.ema,
+        "ema": cfg.ema, "shared_draws": draws,
     }
     storage = cfg.storage or default_storage_url(cfg.out, group)
     specs = [{"name": m.name, "task": m.task, "higher_is_better": m.higher_is_better, "stl": m.stl}
              for m in bench.metrics]
     plan = StudyPlan(cfg, group, storage, str(out_dir), base, searched, derived, spaces, paths, fixed, first,
-                     protocol, specs, list(bench.task_names), dropped)
+                     protocol, specs, list(bench.task_names), dropped,
+                     draw_shared(shared, draws, cfg.sampler.seed))
     for method in searched:  # every method's first trial must make a valid run config
         plan.run_config(method, first[method], fixed[method], base.seed, False)
     return plan
+
+
+def draw_shared(shared: dict[str, ParamSpec], n: int, seed: int) -> list[dict[str, Any]]:
+    """``n`` points of the shared space, drawn once (numpy's generator seeded with ``seed``, the
+    parameters in config order): every method's trials 1..n take them, so that no method's
+    shared hyperparameters are luckier than another's by the sampler's state."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return [{name: spec.draw(rng) for name, spec in shared.items()} for _ in range(n)]
 
 
 def _shared_space(cfg: StudyConfig, model_options: Any) -> tuple[dict[str, ParamSpec], dict[str, str], list[str]]:

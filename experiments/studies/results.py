@@ -269,7 +269,7 @@ def display_table(results: pd.DataFrame, pm: str = f" {PM} ") -> pd.DataFrame:
         row = {"method": r["method"], "best trial": "-" if pd.isna(r["best_trial"]) else int(r["best_trial"]),
                "best config": _compact(r["best_params"]),
                "val Δm% (search)": "n/a" if pd.isna(r["best_val_delta_m"]) else f"{r['best_val_delta_m']:.4g}",
-               "seeds": r["seeds"], delta: fmt(r["test_delta_m_mean"], r["test_delta_m_se"])}
+               "seeds": _seeds_text(r["seeds"]), delta: fmt(r["test_delta_m_mean"], r["test_delta_m_se"])}
         for name in results.attrs.get("metrics", []):
             row[f"test {name}"] = fmt(r[f"test_{name}_mean"], r[f"test_{name}_se"])
         # a requested method without a number says why (failed trials or reruns, no weights, ...)
@@ -286,6 +286,12 @@ _REFERENCE_NOTES = {
     "untrained model": "the untrained model's metrics (chosen explicitly; not comparable with the papers' Δm%)",
     "literature STL": "the papers' single-task values at full scale",
 }
+
+
+def _seeds_text(seeds: str) -> str:
+    """``done/asked``, marked "survivors only" when a rerun failed (the means leave it out)."""
+    done, _, asked = str(seeds).partition("/")
+    return f"{seeds} (survivors only)" if asked and done != asked and done != "0" else str(seeds)
 
 
 def _compact(params: str) -> str:
@@ -311,7 +317,8 @@ def render(results: pd.DataFrame, fmt: str = "md") -> str:
         raise UserError(f"unknown format {fmt!r}; valid: md, csv, latex")
     objective, reference = results.attrs.get("objective"), results.attrs.get("reference") or "reference"
     head = (f"Δm% vs {reference}. Study `{results.attrs.get('group')}` (storage {results.attrs.get('storage')}): "
-            f"test metrics are mean {PM} standard error over the rerun seeds of each method's best configuration; "
+            f"test metrics are mean {PM} standard error over the rerun seeds of each method's best configuration "
+            "(over the completed reruns only where a row says \"survivors only\"); "
             "Δm%: metrics averaged within each task first, then over tasks (seed 003 Eq. 1, the search objective's)"
             + (f"; test Δm% is the test counterpart of the objective, {objective}" if objective else "")
             + f"; reference: {_REFERENCE_NOTES.get(reference, reference)}.\n\n")

@@ -99,6 +99,11 @@ class Worker:
             if pending and not progressed:
                 time.sleep(POLL_SECONDS)  # other workers are finishing what this one waits for
 
+    def search(self) -> None:
+        """Only the searches, each method's up to its budget (in-process: until finished)."""
+        for method in self.plan.searched:
+            self._source_best(method)
+
     def _load(self, name: str, pruned: bool) -> optuna.Study:
         pruner = make_pruner(self.plan.cfg.pruner, self.plan.epochs) if pruned else optuna.pruners.NopPruner()
         return optuna.load_study(study_name=name, storage=self.storage, pruner=pruner)

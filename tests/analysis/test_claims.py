@@ -154,6 +154,16 @@ def test_claims_tiny_prints_all_thirteen_rows_with_numbers(toy_runs, tmp_path: P
     for claim_id in ("F2", "F3", "F4", "F7", "F8", "F9", "F10", "F11", "F12", "F13"):  # two seeds at tiny: too few
         assert table.loc[claim_id, "verdict"] == INCONCLUSIVE and "too few seeds" in rows[claim_id]
         assert str(table.loc[claim_id, "seeds_per_group"]) == "2" and pd.isna(table.loc[claim_id, "p_value"])
+    # every seed-level claim trained tuned configurations; the budget table says what each search cost
+    for claim_id in ("F2", "F3", "F4", "F5", "F7", "F8"):
+        assert table.loc[claim_id, "test"].endswith("configurations: tuned (study budget 2/method)"), claim_id
+    assert "untuned" in table.loc["F1", "test"] and "untuned" in table.loc["F6", "test"]
+    budget = pd.read_csv(tmp_path / "tiny" / "studies.csv")
+    searched = budget[budget["budget"] > 0]
+    assert (searched["budget"] == 2).all() and (searched[["complete", "pruned", "failed"]].sum(axis=1) == 2).all()
+    assert {"qm9", "multimnist-CL_RR", "multimnist-CL_CR-main_left_cls"} <= set(budget["setting"])
+    assert budget.set_index("label").loc["fixed_from_famo", "budget"] == 0
+    assert "## Tuning (tiny)" in (tmp_path / "tiny" / "claims.md").read_text()
     # a second call reuses every finished run (and F7's timing) and answers the same
     again = run_claims("tiny", only="F2,F4,F7", out=tmp_path, quiet=True).set_index("id")
     assert list(again["measured"]) == list(table.loc[["F2", "F4", "F7"], "measured"])
@@ -293,11 +303,13 @@ def test_claim_runs_keep_a_diverged_run_and_reuse_it(tmp_path: Path, monkeypatch
     runs = ClaimRuns(tmp_path, "tiny", quiet=True)
     monkeypatch.setattr(ClaimRuns, "stl_reference", lambda self, *a, **k: None)
     blow_up = {"train": {"lr": 1e30}, "benchmark": {"options": {"n_train": 256}}}
-    run_dir = runs.run("synthetic", "uniform", 1, extra=blow_up)  # does not raise
+    # untuned: the search would refuse lr 1e30 as outside its space (the point here is the divergence)
+    run_dir = runs.run("synthetic", "uniform", 1, extra=blow_up, tune=False)  # does not raise
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "diverged"
     assert claim_checks.delta_ms([run_dir]) == [None]
 
     def no_training(*args: object, **kwargs: object) -> None:
         raise AssertionError("a diverged run is final: it must be reused, not re-trained")
     monkeypatch.setattr("experiments.training.trainer.train", no_training)
-    assert runs.run("synthetic", "uniform", 1, extra=blow_up) == run_dir
+    assert runs.run("synthetic", "uniform", 1, extra=blow_up, tune=False) == run_dir
+    assert runs.take_notes() == ["untuned (config defaults)"]

@@ -123,6 +123,10 @@ def test_fairness_invariants_identical_for_every_method(finished, tmp_path):
     # every trial of every method searched the same shared distributions
     dists = [t.distributions["lr"] for s in studies for t in s.trials]
     assert all(d == dists[0] for d in dists)
+    # ... and trials 1 and 2 of every method took the same drawn values of it (TPE's start-up trials)
+    assert protocol["shared_draws"] == 2
+    drawn = [[{k: t.params[k] for k in protocol["shared_space"]} for t in s.trials[1:3]] for s in studies]
+    assert drawn[0] == drawn[1] and drawn[0][0] != drawn[0][1]
     # reopening the studies with another protocol is refused
     changed = study_cfg(Path(cfg.out).parent, pruner={"name": "none"})
     with pytest.raises(UserError, match="different protocol.*pruner"):
@@ -140,6 +144,7 @@ def test_fairness_invariants_identical_for_every_method(finished, tmp_path):
     ({"method_spaces": {"famo": {"gamma": [1e-3, 1e-2]}}}, "method_space.gamma.choices",
      [1e-4, 1e-3, 1e-2], [1e-3, 1e-2]),
     ({"ema": 0.5}, "ema", 0.9, 0.5),
+    ({"shared_draws": 1}, "shared_draws", 2, 1),
     ({"overrides": {"benchmark": {"options": {"noise": 0.2}}}}, "run_config.benchmark.options.noise", 0.1, 0.2),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_reopening_with_a_protocol_field_changed_is_refused_naming_it(finished, change, field, old, new):
@@ -215,7 +220,8 @@ def test_fixed_from_famo_trains_the_extracted_famo_weights(finished):
 def test_interrupt_and_resume_keeps_finished_trials(tmp_path, monkeypatch):
     import experiments.training.trainer as trainer
 
-    cfg = study_cfg(tmp_path, methods=["uniform"], n_trials=4, rerun_seeds=[0])
+    # no pruner: the Ctrl-C after the fourth trial's first epoch must not depend on its values
+    cfg = study_cfg(tmp_path, methods=["uniform"], n_trials=4, rerun_seeds=[0], pruner={"name": "none"})
     real_train, calls = trainer.train, []
 
     def interrupting_train(run_cfg, run_dir, *, resume=False, on_epoch=None):
@@ -268,7 +274,8 @@ def test_a_trial_that_raises_midway_is_failed_not_complete(tmp_path, monkeypatch
     cfg = study_cfg(tmp_path, methods=["uniform"], n_trials=2, rerun_seeds=[0])
     with pytest.raises(RuntimeError, match="disk full"):
         run_study(cfg, progress=False)
-    (trial,) = load(cfg, f"{GROUP}/uniform").trials
+    trial, queued = load(cfg, f"{GROUP}/uniform").trials
+    assert queued.state == TrialState.WAITING and queued.user_attrs["shared_draw"] == 0  # not run, not counted
     assert trial.state == TrialState.FAIL
     assert trial.user_attrs["failure_kind"] == "error" and "disk full" in trial.user_attrs["fail_reason"]
 
