@@ -170,7 +170,9 @@ class ClaimRuns:
 
     def _reference(self, config: str, variant: str | None, extra: dict[str, Any] | None) -> dict[str, Any]:
         stl = self.stl_reference(config, variant, extra)
-        return {} if stl is None else {"reference": str(Path(stl).resolve())}  # absolute: readable from anywhere
+        # absolute: readable from anywhere; without single-task runs, the untrained model, explicitly
+        # (the same in the setting's search, analysis.claim_tuning, and in its evidence runs)
+        return {"reference": str(Path(stl).resolve()) if stl is not None else "initial"}
 
     def tuned(self, config: str, balancer: str, *, variant: str | None = None, name: str | None = None,
               hparams: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> Tuned:

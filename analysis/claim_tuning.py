@@ -111,6 +111,10 @@ class ClaimTuning:
         published = dict(template.pop("published_defaults", None) or {})
         own = {k: v for k, v in (spaces.get(method) or {}).items() if k not in hparams}
         folder = self.root / "studies" / setting
+        overrides = dict(overrides)
+        reference = overrides.pop("reference", "initial")  # the claims' own STL file, or "initial"
+        template.update({"reference": "untrained"} if reference == "initial"
+                        else {"reference": "stl", "reference_file": reference})
         return deep_merge(template, {
             "benchmark_config": str(CONFIG_DIR / f"{config}.yaml"), "variant": variant, "scale": self.scale,
             "name": group, "overrides": deep_merge(overrides, {"seed": SEARCH_SEED}), "methods": [method],

@@ -156,6 +156,9 @@ class StudyConfig:
     ema: float = 0.9
     #: the Δm% reference of the objective and of the tables: one of :data:`REFERENCES`
     reference: str = "stl"
+    #: with ``reference: stl``: an existing single-task reference file (``balancebench stl``'s
+    #: ``stl_reference.json`` or its folder) used instead of training the study's own
+    reference_file: str | None = None
     #: parent directory of study results (run directories, default storage, tables)
     out: str = "results"
     #: Optuna storage URL or journal file path (None: ``<out>/<name>/study.journal``)
@@ -205,6 +208,8 @@ def _check(cfg: StudyConfig) -> StudyConfig:
         raise ConfigError(f"rerun_seeds: need distinct non-negative seeds, got {cfg.rerun_seeds}")
     if cfg.reference not in REFERENCES:
         raise ConfigError(f"reference: expected {', '.join(REFERENCES)}, got {cfg.reference!r}")
+    if cfg.reference_file is not None and cfg.reference != "stl":
+        raise ConfigError(f"reference_file: only with reference: stl, got reference: {cfg.reference}")
     if not 0.0 <= cfg.ema < 1.0:
         raise ConfigError(f"ema: momentum must be in [0, 1), got {cfg.ema}")
     if cfg.sampler.name not in ("tpe", "random"):

@@ -117,6 +117,7 @@ def run_search(cfg: StudyConfig, *, verbose: bool = False) -> tuple[StudyPlan, p
     lock = budget_lock(plan.storage_url, storage)
     with quiet_optuna():
         setup_studies(plan, storage, lock)
+        ensure_stl_reference(plan, storage, lock, print_line if verbose else lambda msg: None)
         Worker(plan, 0, storage, lock, print_line if verbose else None).search()
     return plan, results_table(storage, plan.group)
 

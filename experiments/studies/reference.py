@@ -68,6 +68,12 @@ def run_reference(cfg: StudyConfig, bench: Benchmark, out_dir: Path) -> str:
         raise ConfigError(f"reference: stl: benchmark {bench.name!r} has no metric for task(s) "
                           f"{', '.join(unselectable)}, so no single-task run can be selected on its own task; "
                           "use reference: untrained")
+    if cfg.reference_file is not None:  # given: used as it is, never trained here
+        given = Path(cfg.reference_file)
+        given = given / REFERENCE_FILE if given.is_dir() else given
+        if not given.is_file():
+            raise ConfigError(f"reference_file: no single-task reference file at {cfg.reference_file}")
+        return str(given.resolve())
     return str((Path(out_dir) / "stl" / REFERENCE_FILE).resolve())  # absolute: any working directory
 
 
@@ -83,8 +89,8 @@ def ensure_stl_reference(plan: StudyPlan, storage: BaseStorage, lock: BudgetLock
                          say: Callable[[str], None] = lambda msg: None) -> dict[str, Any] | None:
     """The study's STL reference record (None unless ``reference: stl``): read from the storage,
     else trained under the lock and stored; the local file the trials read is written from it."""
-    if plan.cfg.reference != "stl":
-        return None
+    if plan.cfg.reference != "stl" or plan.cfg.reference_file is not None:
+        return None  # a given reference file is read by the trials as it is
     record = stl_record(storage, plan.group)
     if record is None:
         with lock:

@@ -160,3 +160,22 @@ def test_literature_is_refused_below_full_scale_and_stl_without_a_metric_per_tas
                                 metrics=[MetricSpec("a_err", 0, False)], reference_at_any_scale=False)
     with pytest.raises(UserError, match="no metric for task.s. b, so no single-task run .* use reference: untrained"):
         run_reference(small_cfg(tmp_path), no_metric, tmp_path)
+
+
+def test_a_given_reference_file_is_used_as_it_is_and_nothing_is_trained(tmp_path, stl_calls, capsys):
+    """``reference_file`` (the claims' searches pass their setting's STL file): read, never trained,
+    never rewritten; a missing file or one given with another reference kind is one line."""
+    first = small_cfg(tmp_path / "a")
+    run_study(first, progress=False)  # a real STL file to point at
+    given = Path(make_plan(first).base.reference)
+    assert len(stl_calls) == 1 and given.is_file()
+    before = given.read_text()
+    cfg = small_cfg(tmp_path / "b", reference_file=str(given.parent))
+    run_study(cfg, progress=False)
+    assert len(stl_calls) == 1 and given.read_text() == before  # nothing trained, the file untouched
+    assert Path(make_plan(cfg).base.reference) == given.resolve()
+    assert not list((tmp_path / "b").rglob("stl_reference.json"))
+    with pytest.raises(ConfigError, match="no single-task reference file"):
+        make_plan(small_cfg(tmp_path / "c", reference_file=str(tmp_path / "missing.json")))
+    with pytest.raises(ConfigError, match="only with reference: stl"):
+        small_cfg(tmp_path / "d", reference="untrained", reference_file=str(given))
