@@ -108,7 +108,8 @@ def build_trainer(variant: Variant, k: int, model: str, device: str, options: di
         from experiments.benchmarks.fixtures import temporary_fixture
 
         root = temporary_fixture(options["benchmark"], options["batch_size"] * options.get("n_batches", 4))
-        cfg = RunConfig(benchmark=BenchmarkConfig(options["benchmark"], options={"root": str(root), "n_test": 1}),
+        resize = {"resize": list(options["resize"])} if options.get("resize") else {}  # smaller images: tests
+        cfg = RunConfig(benchmark=BenchmarkConfig(options["benchmark"], options={"root": str(root), "n_test": 1, **resize}),
                         model={"arch": options["arch"], "filters": options["filters"]},
                         balancer=BalancerConfig(variant.name, variant.hparams(k)),
                         train=train, seed=0)

@@ -70,6 +70,10 @@ def test_a_fair_study_of_the_plugins_then_its_report(installed) -> None:
     _balancebench(installed, "report", "--storage", str(journal), "--out", str(work / "report"))
     report = (work / "report" / "report.md").read_text()
     assert "## three_tasks" in report and "| relative_loss" in report and "| uniform" in report
-    summaries = [json.loads(p.read_text()) for p in (work / "results" / "your-problem").rglob("summary.json")]
-    assert {s["balancer"] for s in summaries} == {"uniform", "relative_loss"}
+    root = work / "results" / "your-problem"
+    summaries = [json.loads(p.read_text()) for p in root.rglob("summary.json")]
+    # the methods' trials and reruns, plus the single-task references (fixed one-hot weights) of Δm%
+    stl = [json.loads(p.read_text()) for p in (root / "stl").rglob("summary.json")]
+    assert {s["balancer"] for s in stl} == {"fixed"} and len(stl) == 3  # one run per task
+    assert {s["balancer"] for s in summaries} == {"uniform", "relative_loss", "fixed"}
     assert {s["benchmark"] for s in summaries} == {"three_tasks"} and all(s["status"] == "complete" for s in summaries)
