@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -139,19 +140,56 @@ def check_claim(claim: Claim, runs: ClaimRuns, **kwargs: Any) -> dict[str, Any]:
 def run_claims(scale: str = "tiny", only: str | None = None, out: str | Path = "results/claims",
                toy_dir: str | Path | None = None, quiet: bool = False) -> pd.DataFrame:
     """Check the selected claims; returns the verdict table (``MD_COLUMNS``) and writes
-    ``claims.csv`` (``COLUMNS``) and ``claims.md`` under ``out/<scale>``."""
+    ``claims.csv`` (``COLUMNS``), ``studies.csv`` and ``claims.md`` under ``out/<scale>`` — after
+    every claim, so a long run that stops leaves the rows it decided (and resumes from its runs)."""
     runs = ClaimRuns(out, scale, quiet=quiet)
-    rows = []
-    for claim in select(only):
+    chosen = select(only)
+    rows: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    for claim in chosen:
         kwargs: dict[str, Any] = {"toy_dir": toy_dir} if claim.id == "F1" else {}
         rows.append(check_claim(claim, runs, **kwargs))
         runs.say(f"{claim.id}: {rows[-1]['verdict']} ({rows[-1]['seconds']:.0f} s)")
+        command = f"balancebench claims --scale {scale}" + (f" --only {only}" if only else "") + f" --out {out}"
+        _write_outputs(runs, rows, command, f"{len(rows)} of {len(chosen)} claims", time.perf_counter() - started)
+    return pd.DataFrame(rows, columns=MD_COLUMNS)
+
+
+def provenance(command: str, wall_seconds: float, done: str) -> str:
+    """Where and how the table was made: command, commit, machine, torch, wall time."""
+    import platform
+    import subprocess
+
+    import torch
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).resolve().parent, timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
+    cpu = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")),
+               platform.processor() or "unknown CPU")
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"Command: `{command}` · commit {commit} · machine: {cpu}, {os.cpu_count()} cores, {device}, "
+            f"{platform.system()} · torch {torch.__version__} · wall time of this invocation "
+            f"{wall_seconds / 60:.1f} min ({done}; runs finished by earlier invocations were reused)\n\n")
+
+
+def _cpuinfo() -> list[str]:
+    try:
+        return Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return []
+
+
+def _write_outputs(runs: ClaimRuns, rows: list[dict[str, Any]], command: str, done: str, wall_seconds: float) -> None:
+    """claims.csv, studies.csv and claims.md (provenance, verdicts, the searches) of the rows so far."""
     table = pd.DataFrame(rows, columns=MD_COLUMNS)
     rundir.write_table(runs.root / "claims.csv", table[COLUMNS])
     budget = runs.tuning.table()
     rundir.write_table(runs.root / BUDGET_FILE, budget)
-    rundir.atomic_write_text(runs.root / "claims.md", table.to_markdown(index=False) + "\n\n" + tuning_text(runs, budget))
-    return table
+    rundir.atomic_write_text(runs.root / "claims.md", provenance(command, wall_seconds, done) + table.to_markdown(index=False)
+                             + "\n\n" + tuning_text(runs, budget))
 
 
 def tuning_text(runs: ClaimRuns, budget: pd.DataFrame) -> str:

@@ -313,3 +313,26 @@ def test_claim_runs_keep_a_diverged_run_and_reuse_it(tmp_path: Path, monkeypatch
     monkeypatch.setattr("experiments.training.trainer.train", no_training)
     assert runs.run("synthetic", "uniform", 1, extra=blow_up, tune=False) == run_dir
     assert runs.take_notes() == ["untuned (config defaults)"]
+
+
+def test_outputs_are_written_after_every_claim_with_their_provenance(tmp_path: Path, monkeypatch) -> None:
+    """A long run that stops (here: the second claim raises) leaves the rows decided so far, and
+    claims.md says which command, commit, machine and wall time made them."""
+    from analysis import claims
+
+    exact = Verdict(SUPPORTED, "count >= 5", "5 of 5", {}, exact=True)
+
+    def broken(runs: object) -> None:
+        raise KeyboardInterrupt  # the session ends mid-run
+
+    monkeypatch.setitem(claims.CLAIMS, "F6", Claim("F6", "c6", "seed 003", lambda r: ("m6", "1 (deterministic)", exact),
+                                                   sequential=False))
+    monkeypatch.setitem(claims.CLAIMS, "F2", Claim("F2", "c2", "seed 000", broken))
+    with pytest.raises(KeyboardInterrupt):
+        run_claims("tiny", only="F6,F2", out=tmp_path, quiet=True)
+    written = pd.read_csv(tmp_path / "tiny" / "claims.csv")
+    assert list(written["id"]) == ["F6"] and list(written["verdict"]) == [SUPPORTED]
+    head = (tmp_path / "tiny" / "claims.md").read_text().splitlines()[0]
+    assert head.startswith(f"Command: `balancebench claims --scale tiny --only F6,F2 --out {tmp_path}`")
+    assert re.search(r"commit \S+ · machine: .+ cores, .+ · torch \S+ · wall time of this invocation [\d.]+ min "
+                     r"\(1 of 2 claims", head), head
