@@ -167,19 +167,13 @@ def provenance(command: str, wall_seconds: float, done: str) -> str:
                                 cwd=Path(__file__).resolve().parent, timeout=10).stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         commit = "unknown"
-    cpu = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")),
-               platform.processor() or "unknown CPU")
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    from experiments.cost.tables import machine_description  # the cost benchmark's machine line
+
+    cpu = machine_description("cpu")["device"]
+    device = machine_description("cuda")["device"] if torch.cuda.is_available() else "no GPU"
     return (f"Command: `{command}` · commit {commit} · machine: {cpu}, {os.cpu_count()} cores, {device}, "
             f"{platform.system()} · torch {torch.__version__} · wall time of this invocation "
             f"{wall_seconds / 60:.1f} min ({done}; runs finished by earlier invocations were reused)\n\n")
-
-
-def _cpuinfo() -> list[str]:
-    try:
-        return Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return []
 
 
 def _write_outputs(runs: ClaimRuns, rows: list[dict[str, Any]], command: str, done: str, wall_seconds: float) -> None:
