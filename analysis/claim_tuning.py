@@ -34,7 +34,7 @@ import pandas as pd
 
 from experiments.config import CONFIG_DIR, deep_merge, load_yaml
 from experiments.studies.config import FIXED_FROM, study_config_from_dict
-from experiments.studies.plan import HPARAMS, StudyPlan
+from experiments.studies.plan import HPARAMS, StudyPlan, set_path
 
 #: the seed of every search (and of the single-task references); evidence seeds never include it
 SEARCH_SEED = 0
@@ -85,11 +85,7 @@ def as_overrides(plan: StudyPlan, method: str, params: dict[str, Any], shared_on
             if not shared_only:
                 hparams[path[len(HPARAMS):]] = value
             continue
-        node = out
-        *parents, leaf = path.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
+        set_path(out, path, value)
     if hparams:
         out["balancer"] = {"hparams": hparams}
     return out

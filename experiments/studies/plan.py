@@ -104,7 +104,7 @@ class StudyPlan:
             if path.startswith(HPARAMS):
                 hp[path[len(HPARAMS):]] = value
             else:
-                _set_path(data, path, value)
+                set_path(data, path, value)
         if "seed" in balancer_hparam_names(balancer) and "seed" not in hp:
             hp["seed"] = seed  # stochastic balancers draw from the run's seed
         data["balancer"] = {"name": balancer, "hparams": hp}
@@ -119,7 +119,8 @@ class StudyPlan:
         return {k: v for k, v in params.items() if k in shared}
 
 
-def _set_path(data: dict[str, Any], path: str, value: Any) -> None:
+def set_path(data: dict[str, Any], path: str, value: Any) -> None:
+    """Set the dotted ``path`` of a nested config dict, creating sections on the way."""
     node = data
     parts = path.split(".")
     for part in parts[:-1]:
