@@ -209,7 +209,11 @@ def _worker_main(plan: StudyPlan, index: int, threads: int, verbose: bool, error
 def _run_processes(plan: StudyPlan, workers: int, verbose: bool) -> None:
     ctx = multiprocessing.get_context("spawn")  # no forked torch/OpenMP state
     errors = ctx.Queue()
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    # the parent's torch thread count (OMP_NUM_THREADS / torch.set_num_threads; default: the cores)
+    # shared by the workers, so that several studies or programs can split one machine
+    import torch
+
+    threads = max(1, min(os.cpu_count() or 1, torch.get_num_threads()) // workers)
     procs = [ctx.Process(target=_worker_main, args=(plan, i, threads, verbose, errors),
                          name=f"balancebench-worker-{i}") for i in range(workers)]
     for proc in procs:
