@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -210,11 +211,13 @@ def check_f5(runs: ClaimRuns) -> Outcome:
             runs.run("synthetic", m, s, extra=e, cosine=m == "uniform") for s in runs.seeds]))
     frame = pd.DataFrame(points)
     rundir.write_table(runs.root / "f5_points.csv", frame)
-    verdict = correlation(frame["mean_cosine"], frame["gain"], negative=True, alpha=runs.alpha)
+    verdict = correlation(frame["mean_cosine"], frame["gain"], negative=True, alpha=runs.alpha,
+                          names=("mean task-gradient cosine (uniform)", "cross-fitted gain over uniform (Δm%)"),
+                          labels=list(frame["setting"]))
     if len(runs.seeds) < MIN_SEEDS:
         verdict = Verdict(INCONCLUSIVE, verdict.test, f"too few seeds: each point is a mean of {len(runs.seeds)} "
                           f"(need >= {MIN_SEEDS}); the correlation alone: {verdict.verdict} ({verdict.reason})",
-                          verdict.numbers)
+                          verdict.numbers, panels=[replace(p, verdict=INCONCLUSIVE) for p in verdict.panels])
     shown = ", ".join(f"{p['setting']} (cos {p['mean_cosine']:.2f}, gain {p['gain']:.2f}"
                       + (f", {p['failed_runs']} failed runs" if p["failed_runs"] else "") + ")" for p in points)
     r = verdict.numbers.get("r", math.nan)

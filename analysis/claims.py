@@ -18,6 +18,10 @@ method's configuration chosen on validation by the claims' fair search at seed 0
 (:mod:`analysis.claim_tuning`) — or untuned (the toy, the deterministic check). The searches'
 budget table (setting, method, trials complete / pruned / failed, wall time, best parameters) is
 ``studies.csv`` next to ``claims.csv`` and the end of ``claims.md``.
+
+``plots/<id>.png`` (:mod:`analysis.claim_plots`) shows, per claim, the values each of its tests
+decided on (per seed, paired where the test pairs them) with the part's verdict; F1's plot is the
+toy's trajectories against the Pareto front. ``claims.md`` links them.
 """
 
 from __future__ import annotations
@@ -91,6 +95,7 @@ CLAIMS: dict[str, Claim] = {c.id: c for c in [
           more.check_f13),
 ]}
 
+PLOTS = "plots"
 COLUMNS = ["id", "claim", "source", "verdict", "seeds_per_group", "test", "p_value", "measured"]
 MD_COLUMNS = COLUMNS + ["seeds", "reason", "seconds"]
 
@@ -134,7 +139,8 @@ def check_claim(claim: Claim, runs: ClaimRuns, **kwargs: Any) -> dict[str, Any]:
     return {"id": claim.id, "claim": claim.claim, "source": claim.source, "verdict": verdict.verdict,
             "seeds_per_group": len(runs.seeds) if claim.sequential else seeds, "test": test,
             "p_value": reported_p(verdict, len(looks) if claim.sequential else 1), "measured": measured,
-            "seeds": seeds, "reason": verdict.reason, "seconds": round(time.perf_counter() - started, 1)}
+            "seeds": seeds, "reason": verdict.reason, "seconds": round(time.perf_counter() - started, 1),
+            "panels": verdict.panels}
 
 
 def run_claims(scale: str = "tiny", only: str | None = None, out: str | Path = "results/claims",
@@ -150,9 +156,22 @@ def run_claims(scale: str = "tiny", only: str | None = None, out: str | Path = "
         kwargs: dict[str, Any] = {"toy_dir": toy_dir} if claim.id == "F1" else {}
         rows.append(check_claim(claim, runs, **kwargs))
         runs.say(f"{claim.id}: {rows[-1]['verdict']} ({rows[-1]['seconds']:.0f} s)")
+        _plot(runs, rows[-1], toy_dir)
         command = f"balancebench claims --scale {scale}" + (f" --only {only}" if only else "") + f" --out {out}"
         _write_outputs(runs, rows, command, f"{len(rows)} of {len(chosen)} claims", time.perf_counter() - started)
     return pd.DataFrame(rows, columns=MD_COLUMNS)
+
+
+def _plot(runs: ClaimRuns, row: dict[str, Any], toy_dir: str | Path | None) -> Path | None:
+    """``plots/<id>.png`` of one decided claim (F1: the toy runs' trajectories)."""
+    from analysis.claim_plots import plot_claim, plot_toy
+
+    out = runs.root / PLOTS / f"{row['id']}.png"
+    if row["id"] == "F1":
+        table = Path(toy_dir) if toy_dir else runs.root / "toy"
+        csv = table / "toy_pareto.csv"
+        return plot_toy(pd.read_csv(csv), out) if csv.is_file() else None
+    return plot_claim(row["id"], row["claim"], row["verdict"], row["panels"], out)
 
 
 def provenance(command: str, wall_seconds: float, done: str) -> str:
@@ -183,7 +202,19 @@ def _write_outputs(runs: ClaimRuns, rows: list[dict[str, Any]], command: str, do
     budget = runs.tuning.table()
     rundir.write_table(runs.root / BUDGET_FILE, budget)
     rundir.atomic_write_text(runs.root / "claims.md", provenance(command, wall_seconds, done) + table.to_markdown(index=False)
-                             + "\n\n" + tuning_text(runs, budget))
+                             + "\n\n" + plots_text(runs, table) + tuning_text(runs, budget))
+
+
+def plots_text(runs: ClaimRuns, table: pd.DataFrame) -> str:
+    """The claims.md section linking each claim's plot (relative paths: the report can be copied)."""
+    shown = [(i, runs.root / PLOTS / f"{i}.png") for i in table["id"]]
+    lines = [f"### {i}\n\n![{i}]({PLOTS}/{i}.png)\n" for i, path in shown if path.is_file()]
+    if not lines:
+        return ""
+    return ("## Plots\n\nPer claim, the values its tests decided on: every seed (joined across methods where the test "
+            "pairs them), each group's mean with its 90 % t-interval, failed runs as red crosses; equivalence parts "
+            "add the per-seed differences against the ±margin band. Each panel's title gives that part's verdict "
+            "(after Holm).\n\n" + "\n".join(lines) + "\n")
 
 
 def tuning_text(runs: ClaimRuns, budget: pd.DataFrame) -> str:

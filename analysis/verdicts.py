@@ -59,21 +59,45 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy import stats
+
+from analysis.verdict_cores import (RESOLUTION, claim_decide, correlation_p, degenerate, holm, holm_decide,  # noqa: F401
+                                    paired_t_p, tost_p, welch_p)
 
 ALPHA = 0.05
 #: fewer seeds per group than this and a seed-level test answers "inconclusive"
 MIN_SEEDS = 3
 #: fewer points than this and a correlation answers "inconclusive"
 MIN_POINTS = 4
-#: a spread at most this times the values' largest magnitude counts as zero variance
-RESOLUTION = 1e-9
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
 Values = Sequence[float | None]
+
+
+@dataclass
+class Panel:
+    """The data one test decided on, kept for the claims' plots (:mod:`analysis.claim_plots`):
+    ``groups`` of per-seed values as given to the test (``None``/NaN = a failed run, shown as
+    such), or for ``kind="xy"`` the two coordinates of the points (``labels`` name them), or for
+    ``kind="threshold"`` one measured value against ``bound``."""
+    title: str
+    groups: dict[str, list[float | None]]
+    kind: str = "groups"
+    #: values at the same index come from the same seed (drawn joined)
+    paired: bool = False
+    #: TOST margin on the mean difference (first group − second)
+    margin: float | None = None
+    bound: float | None = None
+    labels: list[str] = field(default_factory=list)
+    #: the part's verdict (after Holm, when it is a part of a claim); set by the test or ``combine``
+    verdict: str = ""
+
+
+def _values(v: Values | Sequence[float]) -> list[float | None]:
+    return [None if x is None else float(x) for x in v]
 
 
 @dataclass
@@ -88,6 +112,12 @@ class Verdict:
     p_refute: float = math.nan
     #: a deterministic check (no sampling model): decided by its own verdict, not by p-values
     exact: bool = False
+    #: what the test(s) decided on, for the plots (``combine`` gathers its parts')
+    panels: list[Panel] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for panel in self.panels:
+            panel.verdict = panel.verdict or self.verdict
 
 
 def decide(p_support: float, p_refute: float, alpha: float) -> str:
@@ -97,73 +127,6 @@ def decide(p_support: float, p_refute: float, alpha: float) -> str:
     if p_refute <= alpha:
         return NOT_SUPPORTED
     return INCONCLUSIVE
-
-
-# ------------------------------------------------------------------------------ vectorised cores
-# Each core works on arrays of shape (..., n) so that the simulation tests run the very code that
-# decides the claims on many samples at once.
-def degenerate(diff: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """True where the spread of ``diff`` (last axis) is zero up to float rounding of ``scale``."""
-    return np.std(diff, axis=-1, ddof=1) <= RESOLUTION * np.asarray(scale)
-
-
-def paired_t_p(gain: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One-sided paired t-test p-values (mean gain > 0, mean gain < 0); NaN where degenerate."""
-    n = gain.shape[-1]
-    se = np.std(gain, axis=-1, ddof=1) / math.sqrt(n)
-    bad = degenerate(gain, scale)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = np.where(bad, np.nan, np.mean(gain, axis=-1) / np.where(bad, 1.0, se))
-    return stats.t.sf(t, n - 1), stats.t.cdf(t, n - 1)
-
-
-def tost_p(diff: np.ndarray, margin: float, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Paired TOST: (p_support, p_refute) for |mean diff| < margin; NaN where degenerate."""
-    n = diff.shape[-1]
-    bad = degenerate(diff, scale)
-    se = np.where(bad, 1.0, np.std(diff, axis=-1, ddof=1) / math.sqrt(n))
-    mean = np.mean(diff, axis=-1)
-    t_low, t_high = (mean + margin) / se, (mean - margin) / se
-    support = np.maximum(stats.t.sf(t_low, n - 1), stats.t.cdf(t_high, n - 1))
-    refute = np.minimum(1.0, 2 * np.minimum(stats.t.sf(t_high, n - 1), stats.t.cdf(t_low, n - 1)))
-    return np.where(bad, np.nan, support), np.where(bad, np.nan, refute)
-
-
-def welch_p(a: np.ndarray, b: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Welch's one-sided p-values (mean a > mean b, mean a < mean b); NaN when both groups are
-    degenerate (no variance estimate at all)."""
-    na, nb = a.shape[-1], b.shape[-1]
-    va, vb = np.var(a, axis=-1, ddof=1) / na, np.var(b, axis=-1, ddof=1) / nb
-    bad = degenerate(a, scale) & degenerate(b, scale)
-    var = np.where(bad, 1.0, va + vb)
-    t = (np.mean(a, axis=-1) - np.mean(b, axis=-1)) / np.sqrt(var)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        df = var**2 / (va**2 / (na - 1) + vb**2 / (nb - 1))
-    return np.where(bad, np.nan, stats.t.sf(t, df)), np.where(bad, np.nan, stats.t.cdf(t, df))
-
-
-def holm(p: np.ndarray) -> np.ndarray:
-    """Holm-adjusted p-values along the last axis (NaN counts as 1)."""
-    p = np.where(np.isnan(p), 1.0, np.asarray(p, dtype=float))
-    m = p.shape[-1]
-    order = np.argsort(p, axis=-1, kind="stable")
-    ranked = np.take_along_axis(p, order, axis=-1) * (m - np.arange(m))
-    adjusted = np.minimum(1.0, np.maximum.accumulate(ranked, axis=-1))
-    out = np.empty_like(adjusted)
-    np.put_along_axis(out, order, adjusted, axis=-1)
-    return out
-
-
-def holm_decide(p_support: np.ndarray, p_refute: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per part (last axis), after Holm in each direction: (supported, not supported) masks."""
-    return holm(p_support) <= alpha, holm(p_refute) <= alpha
-
-
-def claim_decide(p_support: np.ndarray, p_refute: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
-    """A claim of several statistical parts (last axis): (supported, not supported) — every part
-    supported after Holm / at least one part refuted after Holm."""
-    supported, refuted = holm_decide(p_support, p_refute, alpha)
-    return supported.all(axis=-1) & ~refuted.any(axis=-1), refuted.any(axis=-1)
 
 
 # ------------------------------------------------------------------------------ failures
@@ -224,20 +187,21 @@ def paired_better(a: Values, b: Values, *, lower_is_better: bool = True, alpha: 
     sign = "<" if lower_is_better else ">"
     test = f"paired t-test, one-sided ({names[0]} {sign} {names[1]}), α={alpha:.3g}"
     numbers = _means(a, b)
+    panels = [Panel(f"{names[0]} {sign} {names[1]}", {names[0]: _values(a), names[1]: _values(b)}, paired=True)]
     worst_high = _worst_high(lower_is_better, failure)
     prepared = _prepare(a, b, names, min_seeds, worst_high, _rule(failure), paired=True)
     if isinstance(prepared, str):
-        return Verdict(INCONCLUSIVE, test, prepared, numbers)
+        return Verdict(INCONCLUSIVE, test, prepared, numbers, panels=panels)
     x, y, scale, note = prepared
     gain = (y - x) if lower_is_better else (x - y)
     numbers["diff"] = float(np.mean(x - y))
     p_claim, p_opp = (float(p) for p in paired_t_p(gain, scale))
     if math.isnan(p_claim):
         return Verdict(INCONCLUSIVE, test, f"zero variance of the per-seed differences (all {numbers['diff']:.6g}): "
-                       f"the t statistic is undefined, no test{note}", numbers, math.nan, math.nan)
+                       f"the t statistic is undefined, no test{note}", numbers, math.nan, math.nan, panels=panels)
     numbers.update(p=p_claim, p_opposite=p_opp)
     return Verdict(decide(p_claim, p_opp, alpha), test, _better_reason(names, sign, p_claim, p_opp, alpha) + note,
-                   numbers, p_claim, p_opp)
+                   numbers, p_claim, p_opp, panels=panels)
 
 
 def welch_better(a: Values, b: Values, *, lower_is_better: bool = True, alpha: float = ALPHA,
@@ -246,19 +210,20 @@ def welch_better(a: Values, b: Values, *, lower_is_better: bool = True, alpha: f
     sign = "<" if lower_is_better else ">"
     test = f"Welch t-test, one-sided ({names[0]} {sign} {names[1]}), α={alpha:.3g}"
     numbers = _means(a, b)
+    panels = [Panel(f"{names[0]} {sign} {names[1]}", {names[0]: _values(a), names[1]: _values(b)})]
     worst_high = _worst_high(lower_is_better, failure)
     prepared = _prepare(a, b, names, min_seeds, worst_high, _rule(failure), paired=False)
     if isinstance(prepared, str):
-        return Verdict(INCONCLUSIVE, test, prepared, numbers)
+        return Verdict(INCONCLUSIVE, test, prepared, numbers, panels=panels)
     x, y, scale, note = prepared
     p_greater, p_less = (float(p) for p in welch_p(x, y, scale))
     if math.isnan(p_greater):
         return Verdict(INCONCLUSIVE, test, f"zero variance in both groups: the t statistic is undefined, no test{note}",
-                       numbers, math.nan, math.nan)
+                       numbers, math.nan, math.nan, panels=panels)
     p_claim, p_opp = (p_less, p_greater) if lower_is_better else (p_greater, p_less)
     numbers.update(p=p_claim, p_opposite=p_opp)
     return Verdict(decide(p_claim, p_opp, alpha), test, _better_reason(names, sign, p_claim, p_opp, alpha) + note,
-                   numbers, p_claim, p_opp)
+                   numbers, p_claim, p_opp, panels=panels)
 
 
 def tost_equivalent(a: Values, b: Values, margin: float, *, alpha: float = ALPHA, min_seeds: int = MIN_SEEDS,
@@ -267,10 +232,12 @@ def tost_equivalent(a: Values, b: Values, margin: float, *, alpha: float = ALPHA
     ``numbers``: ``diff``, the (1 − 2α) t-interval ``ci_low`` / ``ci_high``, ``p`` (support)."""
     test = f"paired TOST, |mean({names[0]} − {names[1]})| < {margin:g}, α={alpha:.3g}"
     numbers = _means(a, b)
+    panels = [Panel(f"{names[0]} ≈ {names[1]} (±{margin:g})", {names[0]: _values(a), names[1]: _values(b)},
+                    paired=True, margin=margin)]
     prepared = _prepare(a, b, names, min_seeds, (lower_is_better, lower_is_better), "the worst value observed",
                         paired=True)
     if isinstance(prepared, str):
-        return Verdict(INCONCLUSIVE, test, prepared, numbers)
+        return Verdict(INCONCLUSIVE, test, prepared, numbers, panels=panels)
     x, y, scale, note = prepared
     diff = x - y
     n = len(diff)
@@ -278,7 +245,7 @@ def tost_equivalent(a: Values, b: Values, margin: float, *, alpha: float = ALPHA
     p_support, p_refute = (float(p) for p in tost_p(diff, margin, scale))
     if math.isnan(p_support):
         return Verdict(INCONCLUSIVE, test, f"zero variance of the per-seed differences (all {numbers['diff']:.6g}): "
-                       f"the t statistic is undefined, no test{note}", numbers, math.nan, math.nan)
+                       f"the t statistic is undefined, no test{note}", numbers, math.nan, math.nan, panels=panels)
     half = float(stats.t.ppf(1 - alpha, n - 1) * diff.std(ddof=1) / math.sqrt(n))
     low, high = numbers["diff"] - half, numbers["diff"] + half
     numbers.update(ci_low=low, ci_high=high, p=p_support, p_refute=p_refute)
@@ -286,13 +253,25 @@ def tost_equivalent(a: Values, b: Values, margin: float, *, alpha: float = ALPHA
     verdict = decide(p_support, p_refute, alpha)
     how = {SUPPORTED: f"inside ±{margin:g}", NOT_SUPPORTED: f"outside ±{margin:g} (refuting p={p_refute:.3g})",
            INCONCLUSIVE: f"overlaps ±{margin:g}"}[verdict]
-    return Verdict(verdict, test, f"{interval} {how}; TOST p={p_support:.3g}{note}", numbers, p_support, p_refute)
+    return Verdict(verdict, test, f"{interval} {how}; TOST p={p_support:.3g}{note}", numbers, p_support, p_refute,
+                   panels=panels)
 
 
 def correlation(x: Sequence[float], y: Sequence[float], *, negative: bool = True, alpha: float = ALPHA,
-                min_points: int = MIN_POINTS) -> Verdict:
+                min_points: int = MIN_POINTS, names: tuple[str, str] = ("x", "y"),
+                labels: Sequence[str] = ()) -> Verdict:
     """Claim: ``x`` and ``y`` are negatively (or positively) correlated across points (pairs with
-    a non-finite coordinate are left out and counted in ``points``)."""
+    a non-finite coordinate are left out and counted in ``points``); ``names`` / ``labels`` name
+    the axes and the points in the plot."""
+    panel = Panel(f"{names[1]} against {names[0]}", {names[0]: _values(x), names[1]: _values(y)}, kind="xy",
+                  labels=[str(t) for t in labels])
+    verdict = _correlation(x, y, negative=negative, alpha=alpha, min_points=min_points)
+    verdict.panels = [panel]
+    panel.verdict = verdict.verdict
+    return verdict
+
+
+def _correlation(x: Sequence[float], y: Sequence[float], *, negative: bool, alpha: float, min_points: int) -> Verdict:
     pairs = [(float(a), float(b)) for a, b in zip(x, y) if math.isfinite(float(a)) and math.isfinite(float(b))]
     direction = "negative" if negative else "positive"
     test = f"Pearson correlation, one-sided ({direction}), α={alpha:.3g}, >= {min_points} points"
@@ -312,26 +291,18 @@ def correlation(x: Sequence[float], y: Sequence[float], *, negative: bool = True
     return Verdict(verdict, test, f"r={r:.3f}, {how}", numbers, p_claim, p_opp)
 
 
-def correlation_p(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One-sided p-values (r > 0, r < 0) of Pearson's r along the last axis (t with n − 2 df)."""
-    n = x.shape[-1]
-    xc, yc = x - x.mean(axis=-1, keepdims=True), y - y.mean(axis=-1, keepdims=True)
-    r = (xc * yc).sum(-1) / np.sqrt((xc**2).sum(-1) * (yc**2).sum(-1))
-    r = np.clip(r, -1.0, 1.0)
-    with np.errstate(divide="ignore"):
-        t = r * np.sqrt((n - 2) / np.maximum(1 - r**2, 0.0))
-    return stats.t.sf(t, n - 2), stats.t.cdf(t, n - 2)
-
-
 def threshold(value: float | None, bound: float, *, at_most: bool = True, what: str = "value") -> Verdict:
     """Claim: ``value <= bound`` (or ``>=`` when ``at_most`` is False); exact (no sampling model)."""
     op = "<=" if at_most else ">="
     test = f"{what} {op} {bound:g}"
+    panels = [Panel(test, {what: _values([value])}, kind="threshold", bound=bound)]
     if value is None or not math.isfinite(value):
-        return Verdict(INCONCLUSIVE, test, f"{what} could not be measured", {"value": math.nan}, exact=True)
+        return Verdict(INCONCLUSIVE, test, f"{what} could not be measured", {"value": math.nan}, exact=True,
+                       panels=panels)
     ok = value <= bound if at_most else value >= bound
     return Verdict(SUPPORTED if ok else NOT_SUPPORTED, test, f"{what} = {value:.4g} ({'meets' if ok else 'fails'} "
-                   f"{op} {bound:g})", {"value": float(value)}, 0.0 if ok else 1.0, 1.0 if ok else 0.0, exact=True)
+                   f"{op} {bound:g})", {"value": float(value)}, 0.0 if ok else 1.0, 1.0 if ok else 0.0, exact=True,
+                   panels=panels)
 
 
 def combine(parts: Sequence[tuple[str, Verdict]], alpha: float = ALPHA) -> Verdict:
@@ -365,7 +336,8 @@ def combine(parts: Sequence[tuple[str, Verdict]], alpha: float = ALPHA) -> Verdi
     untested_r = all(math.isnan(v.p_refute) for _, v in statistical)
     p_claim_s = math.nan if exact or untested_s else float(max(p_support))
     p_claim_r = math.nan if exact or untested_r else float(min(p_refute))
-    return Verdict(overall, tests, reason, {}, p_claim_s, p_claim_r, exact=exact)
+    panels = [replace(panel, title=name, verdict=kind) for (name, v), kind in zip(parts, kinds) for panel in v.panels]
+    return Verdict(overall, tests, reason, {}, p_claim_s, p_claim_r, exact=exact, panels=panels)
 
 
 # ------------------------------------------------------------------------------ small helpers

@@ -164,6 +164,10 @@ def test_claims_tiny_prints_all_thirteen_rows_with_numbers(toy_runs, tmp_path: P
     assert {"qm9", "multimnist-CL_RR", "multimnist-CL_CR-main_left_cls"} <= set(budget["setting"])
     assert budget.set_index("label").loc["fixed_from_famo", "budget"] == 0
     assert "## Tuning (tiny)" in (tmp_path / "tiny" / "claims.md").read_text()
+    # every claim has its plot (F1: the toy's trajectories; the others: what their tests decided on), linked
+    plots = {p.stem for p in (tmp_path / "tiny" / "plots").glob("*.png")}
+    assert plots == {f"F{i}" for i in range(1, 14)}
+    assert all(f"![{i}](plots/{i}.png)" in (tmp_path / "tiny" / "claims.md").read_text() for i in plots)
     # a second call reuses every finished run (and F7's timing) and answers the same
     again = run_claims("tiny", only="F2,F4,F7", out=tmp_path, quiet=True).set_index("id")
     assert list(again["measured"]) == list(table.loc[["F2", "F4", "F7"], "measured"])
