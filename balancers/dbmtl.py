@@ -77,7 +77,7 @@ class DBMTL(GradientBalancer):
         if not losses.requires_grad:
             raise RuntimeError(f"{self}: losses must carry the model's autograd graph")
         log_losses = (losses + EPS).log()
-        grads = task_gradients(log_losses, self._shared)  # (K, P), detached; graph retained
+        grads = task_gradients(log_losses, self._shared, batched=self._batched)  # (K, P), detached; graph retained
         self._steps += 1
         beta_t = self.beta / self._steps ** self.beta_sigma
         if self._ema is None:  # ĝ = 0 before the first step

@@ -33,8 +33,12 @@ class MultiTaskModel(nn.Module):
     """A shared trunk and one head per task: ``forward(x) -> list of K head outputs``.
 
     ``trunk`` is the shared part; analysis computes task-gradient cosine similarity on its
-    parameters.
+    parameters. ``batched_task_gradients`` (default True) tells the O(K) gradient balancers
+    (:mod:`balancers._task_grads`) whether to take the K per-task backward passes batched (vmap)
+    or one by one; a benchmark whose backward batches slowly sets it False on its model.
     """
+
+    batched_task_gradients: bool = True
 
     def __init__(self, trunk: nn.Module, heads: Iterable[nn.Module]) -> None:
         super().__init__()

@@ -232,6 +232,35 @@ def test_batched_and_looped_task_gradients_agree() -> None:
         torch.testing.assert_close(batched[i], row)
 
 
+@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("batched", [True, False])
+def test_the_model_chooses_batched_or_looped_task_gradients(name: str, batched: bool, monkeypatch) -> None:
+    """A model with ``batched_task_gradients = False`` (QM9's) gets the K backward passes one by
+    one, any other the batched one; the weights are the same either way."""
+    import balancers._task_grads as tg
+
+    calls: list[str] = []
+    real = tg._batched
+    monkeypatch.setattr(tg, "_batched", lambda *a, **k: calls.append("batched") or real(*a, **k))
+    torch.manual_seed(0)
+    model = Trunked(3).double()
+    if not batched:
+        model.batched_task_gradients = False
+    b = create_balancer(name, 3).double()
+    b.attach(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    losses = _losses(model, 3)
+    b(losses)
+    assert calls == (["batched"] if batched else [])
+    both = task_gradients(losses, shared_parameters(model), batched=not batched)  # the other path
+    torch.testing.assert_close(b.weights, b.solve(both, losses.detach()))
+
+
+def test_qm9_model_takes_its_task_gradients_one_by_one() -> None:
+    from experiments.benchmarks.qm9.model import build_qm9_model
+
+    assert build_qm9_model(11).batched_task_gradients is False
+
+
 def test_unattached_balancer_raises() -> None:
     for name in METHODS:
         b = create_balancer(name, 3)

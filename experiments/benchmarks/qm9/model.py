@@ -81,4 +81,8 @@ def build_qm9_model(n_tasks: int, dim: int = 64, heads: str = "shared_lin1") -> 
         task_heads = [nn.Linear(dim, 1) for _ in range(n_tasks)]
     else:
         task_heads = [nn.Sequential(nn.Linear(2 * dim, dim), nn.ReLU(), nn.Linear(dim, 1)) for _ in range(n_tasks)]
-    return MultiTaskModel(trunk, task_heads)
+    model = MultiTaskModel(trunk, task_heads)
+    # the message passing's scatter/index_add backward batches slowly under vmap: on the CPU the K = 11
+    # per-task gradients took 9.2 s batched against 4.1 s one by one (subset 1,000, batch 64, 1 thread)
+    model.batched_task_gradients = False
+    return model
