@@ -39,11 +39,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from balancers import balancer_info
 from experiments.training import rundir
 from experiments.config import CONFIG_DIR, deep_merge, load_run_config
 from experiments.errors import NonFiniteLossError
-from analysis.claim_tuning import SEARCH_SEED, ClaimTuning, Tuned, check_search_seed
+from analysis.claim_tuning import BUDGET_COLUMNS, SEARCH_SEED, ClaimTuning, Tuned, check_search_seed
 from analysis.verdicts import ALPHA
 from experiments.training.gradients import DEFAULT_COSINE_EVERY
 
@@ -255,6 +257,23 @@ class ClaimRuns:
         self.say(f"toy runs (official; uniform, famo x 5 starts) in {out}")
         return run_toy(["uniform", "famo"], scale="tiny" if self.plan.scale == "tiny" else self.plan.scale,
                        overrides={"benchmark": {"variant": "official"}}, out=out, progress=False, workers=2)
+
+
+def stl_budget(root: Path) -> pd.DataFrame:
+    """Rows of the claims' budget table for the single-task references trained under
+    ``root/stl`` (one per setting: its runs, epochs and wall time, as ``stl_reference.json`` records)."""
+    from experiments.training.stl import REFERENCE_FILE
+
+    rows = []
+    for path in sorted(Path(root, "stl").glob(f"*/{REFERENCE_FILE}")):
+        data = json.loads(path.read_text())
+        n = len(data.get("runs", {}))
+        rows.append({"setting": path.parent.name, "label": "single-task references", "method": "stl", "budget": n,
+                     "complete": n, "pruned": 0, "failed": 0, "search_epochs": data.get("epochs"),
+                     "search_wall_s": data.get("wall_seconds"),
+                     "note": f"one run per task at seed {data.get('seed')}, trained once; the reference of every "
+                             "search and evidence run of the setting"})
+    return pd.DataFrame(rows, columns=BUDGET_COLUMNS)
 
 
 def _setting(config: str, variant: str | None, extra: dict[str, Any] | None) -> str:

@@ -39,7 +39,7 @@ import pandas as pd
 
 from analysis import claim_checks as checks
 from analysis import claim_checks_seeds as more
-from analysis.claim_runs import ClaimRuns
+from analysis.claim_runs import ClaimRuns, stl_budget
 from analysis.claim_tuning import BUDGET_FILE, SEARCH_SEED
 from analysis.verdicts import ALPHA, INCONCLUSIVE, NOT_SUPPORTED, Verdict
 from experiments.training import rundir
@@ -200,6 +200,8 @@ def _write_outputs(runs: ClaimRuns, rows: list[dict[str, Any]], command: str, do
     table = pd.DataFrame(rows, columns=MD_COLUMNS)
     rundir.write_table(runs.root / "claims.csv", table[COLUMNS])
     budget = runs.tuning.table()
+    stl = stl_budget(runs.root)
+    budget = pd.concat([budget, stl], ignore_index=True) if len(stl) else budget
     rundir.write_table(runs.root / BUDGET_FILE, budget)
     rundir.atomic_write_text(runs.root / "claims.md", provenance(command, wall_seconds, done) + table.to_markdown(index=False)
                              + "\n\n" + plots_text(runs, table) + tuning_text(runs, budget))
@@ -226,7 +228,9 @@ def tuning_text(runs: ClaimRuns, budget: pd.DataFrame) -> str:
             "drawn once and given to every method alike), random sampler seed 0, no pruning, the evidence runs' "
             f"epochs; search seed {SEARCH_SEED}, evidence seeds {', '.join(map(str, plan.seeds))} (disjoint). "
             "fixed_from_X trains with X's chosen shared values (no search of its own). Toy (F1) and deterministic "
-            f"(F6) checks are untuned. Budget table: `{BUDGET_FILE}`.\n\n")
+            "(F6) checks are untuned. Every setting's Δm% is against its single-task references (one run per task "
+            "at seed 0, trained once; rows `stl`, their cost in the same columns). "
+            f"Budget table: `{BUDGET_FILE}`.\n\n")
     return head + (budget.to_markdown(index=False) if len(budget) else "(no search ran)") + "\n"
 
 

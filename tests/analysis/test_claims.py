@@ -159,6 +159,11 @@ def test_claims_tiny_prints_all_thirteen_rows_with_numbers(toy_runs, tmp_path: P
         assert table.loc[claim_id, "test"].endswith("configurations: tuned (study budget 2/method)"), claim_id
     assert "untuned" in table.loc["F1", "test"] and "untuned" in table.loc["F6", "test"]
     budget = pd.read_csv(tmp_path / "tiny" / "studies.csv")
+    # the single-task references of every setting, QM9's eleven included, are in the budget table
+    stl = budget[budget["method"] == "stl"].set_index("setting")
+    assert stl.loc["qm9", "budget"] == 11 and stl.loc["multimnist-CL_RR", "budget"] == 2
+    assert (stl["search_wall_s"] > 0).all()
+    budget = budget[budget["method"] != "stl"]
     searched = budget[budget["budget"] > 0]
     assert (searched["budget"] == 2).all() and (searched[["complete", "pruned", "failed"]].sum(axis=1) == 2).all()
     assert {"qm9", "multimnist-CL_RR", "multimnist-CL_CR-main_left_cls"} <= set(budget["setting"])
@@ -301,6 +306,19 @@ def test_claims_csv_has_the_published_columns(tmp_path: Path, monkeypatch) -> No
     assert pd.isna(written.loc[0, "p_value"]) and written.loc[0, "seeds_per_group"] == "1 (deterministic)"
     assert written.loc[1, "p_value"] == pytest.approx(0.3) and written.loc[1, "seeds_per_group"] == "2"  # one look at tiny
     assert "reason" in table.columns and re.search(r"\|\s*F2\s*\|.*too few seeds", (tmp_path / "tiny" / "claims.md").read_text())
+
+
+def test_the_budget_table_lists_the_single_task_references(tmp_path: Path) -> None:
+    from analysis.claim_runs import stl_budget
+
+    assert stl_budget(tmp_path).empty
+    folder = tmp_path / "stl" / "qm9"
+    folder.mkdir(parents=True)
+    (folder / "stl_reference.json").write_text(json.dumps(
+        {"seed": 0, "runs": {f"t{i}": f"task_t{i}" for i in range(11)}, "epochs": 22, "wall_seconds": 249.5}))
+    (row,) = stl_budget(tmp_path).to_dict("records")
+    assert (row["setting"], row["method"], row["budget"], row["complete"], row["search_epochs"], row["search_wall_s"]) \
+        == ("qm9", "stl", 11, 11, 22, 249.5)
 
 
 def test_claim_runs_keep_a_diverged_run_and_reuse_it(tmp_path: Path, monkeypatch) -> None:
