@@ -308,6 +308,19 @@ def test_claims_csv_has_the_published_columns(tmp_path: Path, monkeypatch) -> No
     assert "reason" in table.columns and re.search(r"\|\s*F2\s*\|.*too few seeds", (tmp_path / "tiny" / "claims.md").read_text())
 
 
+def test_qm9_claims_use_trained_stl_below_full_scale_and_the_papers_stl_at_full(tmp_path: Path, monkeypatch) -> None:
+    from analysis import claim_runs
+
+    trained: list[str] = []
+    monkeypatch.setattr("experiments.training.stl.train_stl_references",
+                        lambda cfg, folder: trained.append(cfg.scale) or Path(folder) / "stl_reference.json")
+    assert ClaimRuns(tmp_path, "full", quiet=True)._reference("qm9", None, None) == {"reference": "literature"}
+    assert trained == []
+    small = ClaimRuns(tmp_path, "small", quiet=True)._reference("qm9", None, None)
+    assert trained == ["small"] and small["reference"].endswith("small/stl/qm9/stl_reference.json")
+    assert "qm9" in claim_runs.STL_CONFIGS
+
+
 def test_the_budget_table_lists_the_single_task_references(tmp_path: Path) -> None:
     from analysis.claim_runs import stl_budget
 
