@@ -4,8 +4,8 @@ the Pareto front (seed 000 Fig. 1).
 
 A panel of two groups shows every seed's value (joined across groups when the design pairs them
 by seed), each group's mean with its 90 % t-interval, failed runs as red crosses above the values
-(counted in the tick label), and for an equivalence part the mean difference with its interval
-against the ±margin. Nothing here computes a verdict: the panel's title carries the verdict the
+(counted in the tick label), and for an equivalence part the mean difference with the interval that
+decided it (1 − 2α of the look) against the ±margin. Nothing here computes a verdict: the panel's title carries the verdict the
 test (after Holm, for a part of a claim) gave.
 """
 
@@ -31,12 +31,12 @@ def _finite(values: Sequence[float | None]) -> np.ndarray:
     return np.array([v for v in values if v is not None and math.isfinite(v)], dtype=float)
 
 
-def interval(values: np.ndarray) -> tuple[float, float, float]:
-    """Mean and the two-sided ``LEVEL`` t-interval of the mean (NaN half-width below 2 values)."""
+def interval(values: np.ndarray, level: float = LEVEL) -> tuple[float, float, float]:
+    """Mean and the two-sided ``level`` t-interval of the mean (NaN half-width below 2 values)."""
     mean = float(values.mean()) if len(values) else math.nan
     if len(values) < 2:
         return mean, math.nan, math.nan
-    half = float(stats.t.ppf(0.5 + LEVEL / 2, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values)))
+    half = float(stats.t.ppf(0.5 + level / 2, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values)))
     return mean, mean - half, mean + half
 
 
@@ -88,7 +88,8 @@ def _draw_groups(ax, panel: Panel) -> None:
 
 def _draw_difference(ax, panel: Panel, names: list[str]) -> None:
     """An inset: per-seed differences (first − second; failures left out here, counted in the
-    test), their mean and 90 % interval, against the ±margin band."""
+    test), their mean and the t-interval at the level that decided the equivalence (``panel.level``,
+    1 − 2α of the look), against the ±margin band."""
     a, b = (panel.groups[n] for n in names)
     diff = np.array([x - y for x, y in zip(a, b) if x is not None and y is not None
                      and math.isfinite(x) and math.isfinite(y)], dtype=float)
@@ -98,12 +99,12 @@ def _draw_difference(ax, panel: Panel, names: list[str]) -> None:
     inset.axhline(0, color="0.5", lw=0.6)
     if len(diff):
         inset.scatter(np.zeros(len(diff)), diff, s=8, color="0.3", zorder=2)
-        mean, low, high = interval(diff)
+        mean, low, high = interval(diff, panel.level or LEVEL)
         if math.isfinite(low):
             inset.errorbar([0.5], [mean], yerr=[[mean - low], [high - mean]], fmt="D", color="k", ms=3, capsize=2)
     inset.set_xlim(-0.5, 1.0)
     inset.set_xticks([])
-    inset.set_title(f"diff, ±{margin:g}", fontsize=6)
+    inset.set_title(f"diff, ±{margin:g}\n{(panel.level or LEVEL):.1%} CI", fontsize=6)
     inset.tick_params(axis="y", labelsize=6)
 
 

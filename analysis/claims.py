@@ -215,7 +215,8 @@ def plots_text(runs: ClaimRuns, table: pd.DataFrame) -> str:
         return ""
     return ("## Plots\n\nPer claim, the values its tests decided on: every seed (joined across methods where the test "
             "pairs them), each group's mean with its 90 % t-interval, failed runs as red crosses; equivalence parts "
-            "add the per-seed differences against the ±margin band. Each panel's title gives that part's verdict "
+            "add the per-seed differences with the t-interval that decided them (1 − 2α of the look) against the "
+            "±margin band. Each panel's title gives that part's verdict "
             "(after Holm).\n\n" + "\n".join(lines) + "\n")
 
 

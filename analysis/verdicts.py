@@ -88,8 +88,10 @@ class Panel:
     kind: str = "groups"
     #: values at the same index come from the same seed (drawn joined)
     paired: bool = False
-    #: TOST margin on the mean difference (first group − second)
+    #: TOST margin on the mean difference (first group − second), and the level of the t-interval
+    #: that decides it (1 − 2α): drawn at that level, so the picture shows the decision
     margin: float | None = None
+    level: float | None = None
     bound: float | None = None
     labels: list[str] = field(default_factory=list)
     #: the part's verdict (after Holm, when it is a part of a claim); set by the test or ``combine``
@@ -233,7 +235,7 @@ def tost_equivalent(a: Values, b: Values, margin: float, *, alpha: float = ALPHA
     test = f"paired TOST, |mean({names[0]} − {names[1]})| < {margin:g}, α={alpha:.3g}"
     numbers = _means(a, b)
     panels = [Panel(f"{names[0]} ≈ {names[1]} (±{margin:g})", {names[0]: _values(a), names[1]: _values(b)},
-                    paired=True, margin=margin)]
+                    paired=True, margin=margin, level=1 - 2 * alpha)]
     prepared = _prepare(a, b, names, min_seeds, (lower_is_better, lower_is_better), "the worst value observed",
                         paired=True)
     if isinstance(prepared, str):

@@ -62,6 +62,29 @@ def test_interval_is_the_90_percent_t_interval() -> None:
     assert math.isnan(interval(np.array([1.0]))[1])
 
 
+def test_the_equivalence_inset_shows_the_interval_that_decided(monkeypatch) -> None:
+    """The drawn interval of the differences is the TOST's own (1 − 2α), not a fixed 90 %."""
+    import numpy as np
+
+    from analysis import claim_plots
+
+    a, b = [1.0, 2.0, 1.5, 3.0, 2.5], [1.2, 2.1, 1.4, 3.3, 2.2]
+    verdict = tost_equivalent(a, b, 2.0, alpha=0.05 / 3)
+    (panel,) = verdict.panels
+    assert panel.level == pytest.approx(1 - 2 * 0.05 / 3)
+    drawn = []
+    real = claim_plots.interval
+    monkeypatch.setattr(claim_plots, "interval", lambda v, level=claim_plots.LEVEL: drawn.append(level) or real(v, level))
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    claim_plots._draw_groups(ax, panel)
+    plt.close(fig)
+    mean, low, high = real(np.array(a) - np.array(b), panel.level)
+    assert drawn[-1] == panel.level
+    assert (low, high) == pytest.approx((verdict.numbers["ci_low"], verdict.numbers["ci_high"]))
+
+
 def test_plot_toy_draws_the_runs_trajectories(tmp_path: Path) -> None:
     rows = []
     for method in ("uniform", "famo"):
