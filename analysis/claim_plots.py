@@ -68,10 +68,9 @@ def _draw_groups(ax, panel: Panel) -> None:
     ticks = []
     for i, name in enumerate(names):
         values = panel.groups[name]
-        good = _finite(values)
         x, y, failed_mask = placed[name]
-        failed = int(failed_mask.sum())
-        ax.scatter(x[~failed_mask], y[~failed_mask], s=14, color=sns.color_palette()[i % 10], zorder=3)
+        good, failed = y[~failed_mask], int(failed_mask.sum())
+        ax.scatter(x[~failed_mask], good, s=14, color=sns.color_palette()[i % 10], zorder=3)
         if failed:
             ax.scatter(x[failed_mask], y[failed_mask], marker="x", color="red", s=30, zorder=4)
         mean, low, high = interval(good)

@@ -168,8 +168,7 @@ def _plot(runs: ClaimRuns, row: dict[str, Any], toy_dir: str | Path | None) -> P
 
     out = runs.root / PLOTS / f"{row['id']}.png"
     if row["id"] == "F1":
-        table = Path(toy_dir) if toy_dir else runs.root / "toy"
-        csv = table / "toy_pareto.csv"
+        csv = (Path(toy_dir) if toy_dir else runs.root / "toy") / "toy_pareto.csv"
         return plot_toy(pd.read_csv(csv), out) if csv.is_file() else None
     return plot_claim(row["id"], row["claim"], row["verdict"], row["panels"], out)
 
